@@ -1,0 +1,48 @@
+# The two commands a new user needs (see README.md):
+#   sudo make run    install what ocid needs and run it in the foreground with its defaults
+#   sudo make test   install the same plus the test dependencies and run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PREFIX ?= /usr/local
+OCID_FLAGS ?=
+PYTEST_FLAGS ?=
+
+# What ocid drives at run time (runtimes, monitor, pause, CNI plugins, iptables for portmap).
+RUNTIME_PACKAGES := python3 python3-venv runc crun conmon catatonit containernetworking-plugins iptables
+# What the tests use besides: a static busybox to build images, a local registry, skopeo, man page lint.
+TEST_PACKAGES := busybox-static docker-registry skopeo mandoc man-db bash-completion
+
+.PHONY: run test deps test-deps venv test-venv install man completions clean
+
+deps:
+	@hack/apt-ensure $(RUNTIME_PACKAGES)
+
+test-deps: deps
+	@hack/apt-ensure $(TEST_PACKAGES)
+
+$(VENV)/.stamp-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-run
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp-run
+test-venv: $(VENV)/.stamp-test
+
+run: deps venv
+	exec $(VENV)/bin/ocid $(OCID_FLAGS)
+
+test: test-deps test-venv
+	$(VENV)/bin/pytest $(PYTEST_FLAGS)
+
+# Regenerate the man pages and bash completions from the click command tree and the config definition.
+man completions: test-venv
+	$(VENV)/bin/python -m tools.gen_docs
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""kpod: the daemonless image and pod tool, working directly on ocid's storage."""

@@ -1,0 +1,1 @@
+"""ocic: a CRI client for ocid (or any CRI v1 runtime)."""

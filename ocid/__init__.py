@@ -1,0 +1,9 @@
+"""ocid: a Python implementation of cri-o, the OCI-based Kubernetes Container Runtime Interface."""
+
+__version__ = "0.1.0"
+
+#: The CRI API version string a CRI runtime reports in VersionResponse.version.
+CRI_VERSION = "0.1.0"
+#: The CRI API this daemon serves.
+CRI_API_VERSION = "v1"
+RUNTIME_NAME = "ocid"

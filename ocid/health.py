@@ -1,0 +1,46 @@
+"""The runtime's readiness as the CRI Status call reports it (RuntimeReady, NetworkReady)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ocid.config import Config
+from ocid.network.cni import NetworkNotReady, default_network
+
+RUNTIME_READY = "RuntimeReady"
+NETWORK_READY = "NetworkReady"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One CRI runtime condition."""
+
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def runtime_condition(config: Config) -> Condition:
+    """RuntimeReady: the default OCI runtime and conmon are present and executable."""
+    missing = [f"{what} {path} not found or not executable"
+               for what, path in (("OCI runtime", config.runtime.runtime),
+                                  ("conmon", config.runtime.conmon))
+               if not _executable(path)]
+    if missing:
+        return Condition(RUNTIME_READY, False, "RuntimeNotReady", "; ".join(missing))
+    return Condition(RUNTIME_READY, True)
+
+
+def network_condition(config: Config) -> Condition:
+    """NetworkReady: a valid CNI network configuration with all its plugins exists."""
+    try:
+        default_network(config.network.network_dir, config.network.plugin_dirs)
+    except NetworkNotReady as exc:
+        return Condition(NETWORK_READY, False, "NetworkPluginNotReady", str(exc))
+    return Condition(NETWORK_READY, True)

@@ -1,0 +1,1 @@
+"""Pod networking: CNI configuration and plugins, persistent network namespaces."""

@@ -1,0 +1,1 @@
+"""OCI runtimes: spec generation and the runtime + conmon driver."""

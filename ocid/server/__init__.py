@@ -1,0 +1,36 @@
+"""The CRI gRPC layer: thin handlers, one module per RPC group, wrapped by ``instrument``."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from ocid.config import Config
+
+from .instrument import instrument
+from .runtime import RuntimeInfoHandlers
+
+# The kubelet allows CRI messages up to 16 MiB (ListContainers on a busy node is large).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
+IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
+
+
+def create_server(config: Config, *, max_workers: int = 32) -> grpc.Server:
+    """A gRPC server with both CRI services registered (not yet bound or started)."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    runtime_handlers = [RuntimeInfoHandlers(config)]
+    image_handlers: list[object] = []
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(
+        instrument(RUNTIME_SERVICE, runtime_handlers), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(instrument(IMAGE_SERVICE, image_handlers), server)
+    return server

@@ -1,0 +1,127 @@
+"""The one wrapper around every CRI RPC: logging, the only error → gRPC status mapping,
+and UNIMPLEMENTED answers for the RPCs no handler serves yet.
+
+Handlers are plain objects whose methods are named after the RPCs they serve and take the
+request message alone; they raise ``ocid.errors`` exceptions and never touch gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+from google.protobuf import text_format
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from ocid import errors
+
+log = logging.getLogger("ocid.server")
+
+STATUS_CODES: dict[type[errors.OcidError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+}
+
+# RPCs that change nothing are logged at debug level; the rest at info.
+READ_ONLY_PREFIXES = ("List", "Version", "Status", "RuntimeConfig", "ImageFsInfo")
+READ_ONLY_SUFFIXES = ("Status", "Stats", "Metrics", "MetricDescriptors")
+
+# Request fields holding credentials, cleared before a request is logged.
+SECRET_FIELDS = ("auth",)
+
+
+def status_code(exc: errors.OcidError) -> grpc.StatusCode:
+    """The gRPC status code for a core error (its nearest mapped base class)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+def _is_read_only(name: str) -> bool:
+    return name.startswith(READ_ONLY_PREFIXES) or name.endswith(READ_ONLY_SUFFIXES)
+
+
+def _brief(message: Message) -> str:
+    """A one-line text form of a message for the debug log, with credentials removed."""
+    for name in SECRET_FIELDS:
+        if name in message.DESCRIPTOR.fields_by_name and message.HasField(name):
+            message = type(message).FromString(message.SerializeToString())
+            message.ClearField(name)
+    return text_format.MessageToString(message, as_one_line=True)
+
+
+def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
+    if isinstance(exc, errors.OcidError):
+        code = status_code(exc)
+        log.log(logging.INFO if code != grpc.StatusCode.INTERNAL else logging.ERROR,
+                "%s failed: %s: %s", name, code.name, exc)
+        context.abort(code, str(exc))
+    log.exception("%s failed with an unexpected error", name)
+    context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+
+
+def _wrap_unary(name: str, impl: Callable[[Any], Message]) -> Callable[..., Message]:
+    level = logging.DEBUG if _is_read_only(name) else logging.INFO
+
+    def call(request: Message, context: grpc.ServicerContext) -> Message:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s request: %s", name, _brief(request))
+        try:
+            response = impl(request)
+        except Exception as exc:  # noqa: BLE001 - every error is answered with a status
+            _fail(context, name, exc)
+            raise  # not reached: abort raises
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s response: %s", name, _brief(response))
+        elif level == logging.INFO:
+            log.info("%s done", name)
+        return response
+
+    call.__name__ = name
+    return call
+
+
+def _wrap_stream(name: str, impl: Callable[[Any], Iterator[Message]]) -> Callable[..., Iterator[Message]]:
+    def call(request: Message, context: grpc.ServicerContext) -> Iterator[Message]:
+        log.debug("%s request: %s", name, _brief(request))
+        try:
+            yield from impl(request)
+        except Exception as exc:  # noqa: BLE001
+            _fail(context, name, exc)
+
+    call.__name__ = name
+    return call
+
+
+def _unimplemented(service: ServiceDescriptor, method: MethodDescriptor) -> Callable[[Any], Any]:
+    message = f"{method.name} is not implemented by ocid yet ({service.full_name}/{method.name})"
+
+    def impl(request: Message) -> Any:
+        raise errors.Unimplemented(message)
+
+    return impl
+
+
+def instrument(service: ServiceDescriptor, handlers: Sequence[object]) -> SimpleNamespace:
+    """A servicer for ``service`` whose methods come from the first handler that has them."""
+    methods: dict[str, Callable[..., Any]] = {}
+    for method in service.methods:
+        impl = next((getattr(h, method.name) for h in handlers if hasattr(h, method.name)), None)
+        if impl is None:
+            impl = _unimplemented(service, method)
+        if method.server_streaming:
+            methods[method.name] = _wrap_stream(method.name, impl)
+        else:
+            methods[method.name] = _wrap_unary(method.name, impl)
+    return SimpleNamespace(**methods)
