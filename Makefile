@@ -42,7 +42,24 @@ test: test-deps test-venv
 
 # Regenerate the man pages and bash completions from the click command tree and the config definition.
 man completions: test-venv
-	$(VENV)/bin/python -m tools.gen_docs
+	$(VENV)/bin/python hack/gen_docs.py
+
+# Install into $(DESTDIR)$(PREFIX): a virtualenv under lib/ocid with the scripts linked into bin/,
+# man pages, bash completions, the systemd unit and a default config (kept if one exists).
+INSTALL_VENV = $(PREFIX)/lib/ocid/venv
+install: deps
+	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q .
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+		$(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)/usr/share/bash-completion/completions \
+		$(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/ocid
+	for tool in ocid ocic kpod; do ln -sf $(INSTALL_VENV)/bin/$$tool $(DESTDIR)$(PREFIX)/bin/$$tool; done
+	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/*.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -m 644 man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 644 completions/bash/* $(DESTDIR)/usr/share/bash-completion/completions/
+	sed 's|/usr/local/bin/ocid|$(PREFIX)/bin/ocid|' contrib/systemd/ocid.service > $(DESTDIR)/etc/systemd/system/ocid.service
+	[ -e $(DESTDIR)/etc/ocid/ocid.conf ] || $(DESTDIR)$(INSTALL_VENV)/bin/ocid --config /dev/null config --default > $(DESTDIR)/etc/ocid/ocid.conf
 
 clean:
 	rm -rf $(VENV) build *.egg-info

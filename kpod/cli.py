@@ -37,7 +37,7 @@ pass_kpod = click.make_pass_decorator(KpodContext)
 @click.version_option(__version__, prog_name="kpod", message="%(prog)s version %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str, root: str | None, runroot: str | None) -> None:
-    """kpod: manage images and pods on ocid's storage, with no daemon running."""
+    """Manage images and pods on ocid's storage, with no daemon running."""
     overrides = {("ocid", "root"): root, ("ocid", "runroot"): runroot}
     given = ctx.get_parameter_source("config_path") != click.core.ParameterSource.DEFAULT
     config = load_config(config_path, required=given,

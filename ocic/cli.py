@@ -41,7 +41,7 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.version_option(package_name="ocid", prog_name="ocic", message="%(prog)s version %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, connect: str, timeout: float) -> None:
-    """ocic: a client for ocid, or any CRI v1 runtime on a unix socket."""
+    """A client for ocid, or any CRI v1 runtime on a unix socket."""
     ctx.obj = Settings(connect, timeout)
 
 

@@ -7,3 +7,5 @@ CRI_VERSION = "0.1.0"
 #: The CRI API this daemon serves.
 CRI_API_VERSION = "v1"
 RUNTIME_NAME = "ocid"
+#: Date printed in the generated man pages; bump with the version.
+RELEASE_DATE = "2026-11-29"

@@ -60,7 +60,7 @@ def effective_config(ctx: click.Context) -> Config:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str, debug: bool, log_path: str | None,
         log_format: str, **_flags: Any) -> None:
-    """ocid: the OCI-based Kubernetes Container Runtime Interface daemon.
+    """The OCI-based Kubernetes Container Runtime Interface daemon.
 
     With no command, ocid serves the CRI v1 gRPC API on its unix socket until SIGTERM or
     SIGINT. Flags override the configuration file, which overrides the built-in defaults.
