@@ -1,0 +1,1 @@
+"""Images: references, registries.conf, policy, auth, manifests, registry client, transports, pulls."""

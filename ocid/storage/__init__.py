@@ -1,0 +1,1 @@
+"""Image storage: content-addressed blobs, layers unpacked once per chain ID, image records, overlay root filesystems."""
