@@ -7,12 +7,16 @@ import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from ocid import __version__
 from ocid.clitools import CONTEXT_SETTINGS, run_cli
 from ocid.config import DEFAULT_CONFIG_PATH, Config, load_config
+
+if TYPE_CHECKING:
+    from ocid.image.service import ImageService
 
 FORMATS = ("yaml", "json")
 
@@ -23,6 +27,16 @@ class KpodContext:
 
     config: Config
     config_file: str | None
+    _images: "ImageService | None" = None
+
+    @property
+    def images(self) -> "ImageService":
+        """The image core on ocid's storage (opened on first use)."""
+        if self._images is None:
+            from ocid.image.service import ImageService
+
+            self._images = ImageService(self.config)
+        return self._images
 
 
 pass_kpod = click.make_pass_decorator(KpodContext)
@@ -110,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kpod`` console script."""
     return run_cli(cli, argv, "kpod")
 
+
+# The image commands register themselves on the group (kept in their own module for size).
+from . import images  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

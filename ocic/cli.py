@@ -78,5 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(cli, argv, "ocic")
 
 
+# Command groups register themselves on the group (one module per group).
+from . import images  # noqa: E402, F401
+
 if __name__ == "__main__":
     raise SystemExit(main())

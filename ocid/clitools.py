@@ -39,3 +39,57 @@ def run_cli(command: click.Command, argv: Sequence[str] | None, prog_name: str) 
         sys.stderr.close()
         return 141
     return result if isinstance(result, int) else 0
+
+
+def human_size(size: float) -> str:
+    """Sizes as podman prints them (SI units): ``4.26 MB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.3g} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_ago(timestamp: float, now: float | None = None) -> str:
+    """``3 hours ago`` for a Unix timestamp."""
+    import time
+
+    seconds = max(0, int((now or time.time()) - timestamp))
+    for name, length in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400),
+                         ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = seconds // length
+            return f"{count} {name}{'s' if count > 1 else ''} ago"
+    return "Less than a minute ago" if seconds >= 1 else "Now"
+
+
+def follow_pull_progress(snapshot, done, *, image_filter=None, interval: float = 0.2) -> None:
+    """Draw per-layer progress bars on stderr until ``done`` (a threading.Event) is set.
+
+    ``snapshot()`` returns the pulls in flight as dicts (see ocid.image.progress); only TTYs
+    get bars, so scripts and logs see nothing.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        done.wait()
+        return
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, transient=False) as bars:
+        while not done.wait(interval):
+            try:
+                pulls = snapshot()
+            except Exception:  # noqa: BLE001 - progress is best effort; the pull reports errors
+                continue
+            for pull in pulls:
+                if image_filter and not image_filter(pull["image"]):
+                    continue
+                for layer in pull["layers"]:
+                    key = layer["digest"]
+                    label = f"{key.split(':')[-1][:12]} {layer['state']:<11}"
+                    if key not in tasks:
+                        tasks[key] = bars.add_task(label, total=layer["total"] or None)
+                    bars.update(tasks[key], completed=layer["done"], description=label)

@@ -113,7 +113,10 @@ class Daemon:
         self._lock_state()
         claim_socket_path(listen)
         self._prepare_dirs()
-        server = create_server(self.config)
+        from ocid.image.service import ImageService
+
+        images = ImageService(self.config)
+        server = create_server(self.config, images)
         old_umask = os.umask(0o117)  # the socket is created 0660, never briefly wider
         try:
             bound = server.add_insecure_port(f"unix:{listen}")
@@ -134,6 +137,7 @@ class Daemon:
         finally:
             notify_systemd("STOPPING=1")
             server.stop(STOP_GRACE_SECONDS).wait()
+            images.close()
             try:
                 os.unlink(listen)
             except FileNotFoundError:

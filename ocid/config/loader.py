@@ -202,6 +202,10 @@ def validate(config: Config) -> None:
             if value and not os.path.isabs(value):
                 raise ConfigError(
                     f"ocid.runtime.runtimes.{name}.{key} must be an absolute path, not {value!r}")
+    if config.image.pull_progress_timeout < 0:
+        raise ConfigError("ocid.image.pull_progress_timeout must not be negative")
+    if config.image.max_parallel_downloads < 1:
+        raise ConfigError("ocid.image.max_parallel_downloads must be at least 1")
     if not 0 <= config.api.stream_port <= 65535:
         raise ConfigError(f"ocid.api.stream_port must be between 0 and 65535, not {config.api.stream_port}")
 

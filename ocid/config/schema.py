@@ -122,6 +122,12 @@ class ImageSection:
     auth_file: str = option("/run/containers/0/auth.json",
                             "auth.json with registry credentials (containers-auth.json).",
                             absolute=True)
+    registries_conf_dir: str = option("/etc/containers/registries.conf.d",
+                                      "Drop-in directory of registries.conf files, read in order.",
+                                      absolute=True)
+    pull_progress_timeout: int = option(
+        60, "Seconds a pull may go without receiving a byte before it is cancelled; 0 disables.")
+    max_parallel_downloads: int = option(3, "Layers of one image downloaded at the same time.")
 
 
 @dataclass
@@ -154,6 +160,11 @@ class Config:
             if not handler.runtime_root:
                 handler.runtime_root = os.path.join(self.ocid.runroot, "runtime", name)
         return self
+
+    @property
+    def storage_root(self) -> str:
+        """Where images, layers and container root filesystems are stored."""
+        return os.path.join(self.ocid.root, "storage")
 
     def runtime_handler(self, name: str) -> RuntimeHandler:
         """The handler a pod's runtime_handler names; "" is the default runtime."""

@@ -8,7 +8,9 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from ocid.config import Config
+from ocid.image.service import ImageService
 
+from .image import ImageHandlers
 from .instrument import instrument
 from .runtime import RuntimeInfoHandlers
 
@@ -18,7 +20,7 @@ RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
 IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
 
 
-def create_server(config: Config, *, max_workers: int = 32) -> grpc.Server:
+def create_server(config: Config, images: ImageService, *, max_workers: int = 32) -> grpc.Server:
     """A gRPC server with both CRI services registered (not yet bound or started)."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
@@ -28,8 +30,8 @@ def create_server(config: Config, *, max_workers: int = 32) -> grpc.Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    runtime_handlers = [RuntimeInfoHandlers(config)]
-    image_handlers: list[object] = []
+    runtime_handlers = [RuntimeInfoHandlers(config, images)]
+    image_handlers = [ImageHandlers(images)]
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(
         instrument(RUNTIME_SERVICE, runtime_handlers), server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(instrument(IMAGE_SERVICE, image_handlers), server)

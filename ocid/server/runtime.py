@@ -8,13 +8,15 @@ from cri_api.v1 import api_pb2
 
 from ocid import CRI_API_VERSION, CRI_VERSION, RUNTIME_NAME, __version__, health
 from ocid.config import Config, to_dict
+from ocid.image.service import ImageService
 
 
 class RuntimeInfoHandlers:
     """Answers what this runtime is and whether it is ready."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, images: ImageService):
         self.config = config
+        self.images = images
 
     def Version(self, request: api_pb2.VersionRequest) -> api_pb2.VersionResponse:
         """Names this runtime and the CRI API it serves."""
@@ -31,7 +33,11 @@ class RuntimeInfoHandlers:
             api_pb2.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
             for c in (health.runtime_condition(self.config), health.network_condition(self.config))
         ]
-        info = {"config": json.dumps(to_dict(self.config))} if request.verbose else {}
+        info = {}
+        if request.verbose:
+            info["config"] = json.dumps(to_dict(self.config))
+            # Live progress of every pull in flight, per layer (ocic image pull draws it).
+            info["pulls"] = json.dumps(self.images.pull_progress())
         return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions), info=info)
 
     def RuntimeConfig(self, request: api_pb2.RuntimeConfigRequest) -> api_pb2.RuntimeConfigResponse:

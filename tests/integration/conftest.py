@@ -75,12 +75,24 @@ def short_tempdir() -> Path:
 
 
 def write_config(workdir: Path, text: str = "") -> Path:
-    """An ocid config under ``workdir``; network_dir points at an empty dir unless ``text`` sets it."""
+    """An ocid config under ``workdir``, isolated from the host's files.
+
+    Unless ``text`` sets them, network_dir is an empty dir and the image files
+    (registries.conf, policy.json, auth.json) live in ``workdir/containers/``.
+    """
     net = workdir / "net.d"
     net.mkdir(exist_ok=True)
+    containers = workdir / "containers"
+    containers.mkdir(exist_ok=True)
     path = workdir / "ocid.conf"
     if "[ocid.network]" not in text:
         text += f'\n[ocid.network]\nnetwork_dir = "{net}"\n'
+    if "[ocid.image]" not in text:
+        text += ("\n[ocid.image]\n"
+                 f'registries_conf = "{containers}/registries.conf"\n'
+                 f'registries_conf_dir = "{containers}/registries.conf.d"\n'
+                 f'signature_policy = "{containers}/policy.json"\n'
+                 f'auth_file = "{containers}/auth.json"\n')
     path.write_text(text)
     return path
 

@@ -79,7 +79,7 @@ def test_runtime_config_reports_the_cgroup_driver(start_ocid, manager, driver):
 @pytest.mark.parametrize(("service", "method", "request_type"), [
     ("runtime", "RunPodSandbox", api_pb2.RunPodSandboxRequest),
     ("runtime", "ListContainers", api_pb2.ListContainersRequest),
-    ("image", "PullImage", api_pb2.PullImageRequest),
+    ("runtime", "Exec", api_pb2.ExecRequest),
 ])
 def test_other_rpcs_answer_unimplemented_with_their_name(ocid, service, method, request_type):
     stub = ocid.runtime_stub() if service == "runtime" else ocid.image_stub()

@@ -1,0 +1,292 @@
+"""The image core shared by ocid's CRI ImageService and kpod: pull, list, status, remove,
+tag, push, save, load and import, over one ImageStore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ocid.config import Config
+from ocid.errors import InvalidArgument, NotFound, OcidError, Unavailable
+from ocid.image.auth import Credentials, default_auth_files, lookup_credentials
+from ocid.image.copy import BlobSource, copy_image
+from ocid.image.manifest import Platform
+from ocid.image.policy import Policy, load_policy
+from ocid.image.progress import PullProgress, PullTracker
+from ocid.image.reference import ImageReference, is_short_name, parse_reference
+from ocid.image.registries import PullSource, RegistriesConfig, load_registries_conf
+from ocid.image.registry import RegistryClient
+from ocid.storage.store import ImageRecord, ImageStore
+
+log = logging.getLogger(__name__)
+
+PROGRESS_CHUNK = 64 * 1024
+
+
+@dataclass
+class RegistrySource:
+    """A repository on a registry, as a BlobSource."""
+
+    client: RegistryClient
+    repository: str
+    description: str
+
+    def fetch_manifest(self, reference: str | None) -> tuple[bytes, str]:
+        raw, media_type, _digest = self.client.get_manifest(self.repository, reference or "latest")
+        return raw, media_type
+
+    def iter_blob(self, digest: str, size: int | None) -> Iterator[bytes]:
+        # Small chunks keep the live progress smooth; the store writes them as they come.
+        return self.client.iter_blob(self.repository, digest, size, chunk_size=PROGRESS_CHUNK)
+
+
+class _ConfigFiles:
+    """registries.conf and policy.json, re-read only when the files change."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._stamp: tuple | None = None
+        self._registries: RegistriesConfig | None = None
+        self._policy: Policy | None = None
+        self._lock = threading.Lock()
+
+    def _current_stamp(self) -> tuple:
+        paths = [self.config.image.registries_conf, self.config.image.signature_policy]
+        dropins = self.config.image.registries_conf_dir
+        if os.path.isdir(dropins):
+            paths += sorted(os.path.join(dropins, n) for n in os.listdir(dropins))
+        stamp = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                stamp.append((path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append((path, None, None))
+        return tuple(stamp)
+
+    def load(self) -> tuple[RegistriesConfig, Policy]:
+        with self._lock:
+            stamp = self._current_stamp()
+            if stamp != self._stamp or self._registries is None or self._policy is None:
+                image = self.config.image
+                self._registries = load_registries_conf(image.registries_conf, image.registries_conf_dir)
+                self._policy = load_policy(image.signature_policy)
+                self._stamp = stamp
+            return self._registries, self._policy
+
+
+class ImageService:
+    """Images on one store: what the CRI and kpod do with them."""
+
+    def __init__(self, config: Config, store: ImageStore | None = None):
+        self.config = config
+        self.store = store or ImageStore(config.storage_root)
+        self.pulls = PullTracker()
+        self._files = _ConfigFiles(config)
+        self._in_flight: dict[tuple[str, str], Future[ImageRecord]] = {}
+        self._in_flight_lock = threading.Lock()
+        self._downloads = ThreadPoolExecutor(
+            max_workers=max(1, config.image.max_parallel_downloads) * 4,
+            thread_name_prefix="blob")
+
+    # ---- names -------------------------------------------------------------------------
+
+    def resolve_names(self, text: str) -> list[ImageReference]:
+        """The fully qualified references a user's image name stands for (short names too)."""
+        registries, _ = self._files.load()
+        return registries.resolve(text)
+
+    def find(self, text: str) -> ImageRecord | None:
+        """The stored image ``text`` names (ID, ID prefix, name or digest), or None."""
+        text = text.strip()
+        if not text:
+            raise InvalidArgument("no image given")
+        try:
+            return self.store.get_image(text)
+        except NotFound:
+            pass
+        try:
+            candidates = self._local_candidates(text)
+        except InvalidArgument:
+            return None
+        for ref in candidates:
+            try:
+                return self.store.get_image(str(ref))
+            except NotFound:
+                continue
+        return None
+
+    def get(self, text: str) -> ImageRecord:
+        """Like ``find``, but a missing image is NotFound."""
+        record = self.find(text)
+        if record is None:
+            raise NotFound(f"image {text!r} not found")
+        return record
+
+    def _local_candidates(self, text: str) -> list[ImageReference]:
+        if not is_short_name(text):
+            return [parse_reference(text)]
+        registries, _ = self._files.load()
+        # Locally an ambiguous short name may still match one stored image: try them all.
+        names = [f"{r}/{text}" for r in registries.unqualified_search_registries]
+        refs = [parse_reference(text)] + [parse_reference(n) for n in names]
+        return refs
+
+    # ---- pull --------------------------------------------------------------------------
+
+    def pull(self, text: str, *, credentials: Credentials | None = None,
+             platform: Platform | None = None, tls_verify: bool | None = None) -> ImageRecord:
+        """Pull ``text`` from its registry (through mirrors), store it and name it.
+
+        Concurrent pulls of the same image in this process do the work once.
+        """
+        registries, policy = self._files.load()
+        candidates = registries.resolve(text)
+        platform = platform or Platform.host()
+        failures: list[str] = []
+        for ref in candidates:
+            policy.check("docker", ref)
+            try:
+                return self._pull_deduplicated(ref, registries, credentials, platform, tls_verify)
+            except NotFound as exc:
+                if len(candidates) == 1:
+                    raise
+                failures.append(str(exc))
+        raise NotFound(f"image {text!r} not found in any search registry: {'; '.join(failures)}")
+
+    def _pull_deduplicated(self, ref: ImageReference, registries: RegistriesConfig,
+                           credentials: Credentials | None, platform: Platform,
+                           tls_verify: bool | None) -> ImageRecord:
+        key = (str(ref), f"{platform.os}/{platform.architecture}/{platform.variant}")
+        with self._in_flight_lock:
+            running = self._in_flight.get(key)
+            if running is None:
+                future: Future[ImageRecord] = Future()
+                self._in_flight[key] = future
+        if running is not None:
+            log.info("pull of %s already in progress; waiting for it", ref)
+            return running.result()
+        try:
+            record = self._pull_sources(ref, registries, credentials, platform, tls_verify)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(record)
+            return record
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.pop(key, None)
+
+    def _pull_sources(self, ref: ImageReference, registries: RegistriesConfig,
+                      credentials: Credentials | None, platform: Platform,
+                      tls_verify: bool | None) -> ImageRecord:
+        sources = registries.pull_sources(ref)
+        last_error: OcidError | None = None
+        for source in sources:
+            try:
+                return self._pull_from(ref, source, credentials, platform, tls_verify)
+            except (NotFound, Unavailable) as exc:
+                if not source.mirror:
+                    raise
+                log.info("mirror %s failed for %s: %s", source.reference.domain, ref, exc)
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def _client_for(self, source: PullSource, credentials: Credentials | None,
+                    tls_verify: bool | None) -> RegistryClient:
+        src = source.reference
+        if credentials is None:
+            credentials = lookup_credentials(f"{src.domain}/{src.path}",
+                                             default_auth_files(self.config.image.auth_file))
+        insecure = source.insecure if tls_verify is None else not tls_verify
+        stall = self.config.image.pull_progress_timeout
+        retries = 2
+        # The read timeout bounds one silent read; retries resume, so split the stall budget.
+        read_timeout = max(1.0, stall / (retries + 1)) if stall else 300.0
+        return RegistryClient(src.domain, insecure=insecure, retries=retries,
+                              timeout=(10.0, read_timeout),
+                              credentials=(credentials.username, credentials.password)
+                              if credentials else None)
+
+    def _pull_from(self, ref: ImageReference, source: PullSource, credentials: Credentials | None,
+                   platform: Platform, tls_verify: bool | None) -> ImageRecord:
+        client = self._client_for(source, credentials, tls_verify)
+        src = source.reference
+        blob_source = RegistrySource(client, src.path, f"{src.domain}/{src.path}")
+        progress = self.pulls.start(str(ref))
+        progress.source = str(src)
+        try:
+            log.info("pulling %s from %s", ref, src.domain)
+            record, top_digest = copy_image(self.store, blob_source, src.digest or src.tag, platform=platform,
+                                progress=progress, executor=self._downloads,
+                                stall_timeout=self.config.image.pull_progress_timeout)
+        finally:
+            self.pulls.finish(progress)
+        if ref.tag:
+            record.names = [str(ImageReference(ref.domain, ref.path, tag=ref.tag))]
+        record.digests = [f"{ref.name}@{top_digest}"]
+        stored = self.store.put_image(record)
+        log.info("pulled %s as %s", ref, stored.id)
+        return stored
+
+    def pull_progress(self) -> list[dict]:
+        """The pulls in flight, per layer (for Status verbose info)."""
+        return self.pulls.snapshot()
+
+    # ---- local operations ---------------------------------------------------------------
+
+    def list(self, filter_text: str | None = None) -> list[ImageRecord]:
+        """Every stored image, or those ``filter_text`` names."""
+        if filter_text:
+            found = self.find(filter_text)
+            return [found] if found else []
+        return self.store.list_images()
+
+    def remove(self, text: str) -> ImageRecord | None:
+        """Remove an image by ID, name or digest; an absent image is not an error (returns None).
+
+        Naming one of several tags removes only that tag, as podman and containerd do.
+        """
+        record = self.find(text)
+        if record is None:
+            return None
+        name = self._matching_name(record, text)
+        if name and len(record.names) > 1:
+            self.store.untag_image(name)
+            return record
+        self.store.remove_image(record.id)
+        return record
+
+    def _matching_name(self, record: ImageRecord, text: str) -> str | None:
+        try:
+            refs = self._local_candidates(text)
+        except InvalidArgument:
+            return None
+        for ref in refs:
+            if str(ref) in record.names:
+                return str(ref)
+        return None
+
+    def tag(self, text: str, new_name: str) -> ImageRecord:
+        """Give an image one more name."""
+        record = self.get(text)
+        ref = parse_reference(new_name)
+        if ref.digest:
+            raise InvalidArgument(f"cannot tag with a digest: {new_name!r}")
+        self.store.tag_image(record.id, str(ref))
+        return self.store.get_image(record.id)
+
+    def fs_info(self) -> tuple[str, int, int]:
+        """Mountpoint of the store, bytes and inodes it uses."""
+        used_bytes, used_inodes = self.store.fs_usage()
+        return self.config.storage_root, used_bytes, used_inodes
+
+    def close(self) -> None:
+        self._downloads.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,3 @@
+"""Fixtures shared by every test directory (registries, test images): tests/support/."""
+
+pytest_plugins = ["tests.support.fixtures"]
