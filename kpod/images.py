@@ -18,17 +18,15 @@ from ocid.clitools import human_ago, human_size
 
 from .cli import KpodContext, cli, pass_kpod
 
+# As podman: `--tls-verify`, `--tls-verify=false`; unset means "as registries.conf says".
 tls_verify_option = click.option(
-    "--tls-verify/--no-tls-verify", "tls_verify", default=None,
+    "--tls-verify", "tls_verify", type=click.BOOL, default=None, is_flag=False, flag_value=True,
+    metavar="[=BOOL]",
     help="Require HTTPS with verified certificates (default: as registries.conf says).")
 creds_option = click.option("--creds", metavar="USER[:PASSWORD]",
                             help="Credentials for the registry (otherwise from the auth file).")
 authfile_option = click.option("--authfile", type=click.Path(dir_okay=False),
                                help="auth.json to read credentials from (default: ocid's).")
-
-
-def _tls_flag(value: str | None) -> bool | None:
-    return None if value is None else value
 
 
 def _credentials(creds: str | None):
@@ -115,7 +113,7 @@ def pull(kpod: KpodContext, image: str, quiet: bool, platform: str | None, tls_v
     else:
         credentials = _credentials(creds)
         record = _run_with_progress(kpod, quiet, lambda: kpod.images.pull(
-            image, credentials=credentials, platform=wanted, tls_verify=_tls_flag(tls_verify)))
+            image, credentials=credentials, platform=wanted, tls_verify=tls_verify))
     if not quiet:
         click.echo(f"Pulled {', '.join(record.names) or image}", err=True)
     click.echo(record.id.removeprefix("sha256:"))
@@ -147,7 +145,7 @@ def push(kpod: KpodContext, image: str, destination: str | None, quiet: bool,
                        f"({human_size(size)})", err=True)
 
     digest = transfer.push(kpod.images, image, target, credentials=_credentials(creds),
-                           tls_verify=_tls_flag(tls_verify), progress=report)
+                           tls_verify=tls_verify, progress=report)
     if not quiet:
         click.echo(f"Pushed {target}: {digest}", err=True)
 
