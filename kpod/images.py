@@ -64,6 +64,7 @@ def _run_with_progress(kpod: KpodContext, quiet: bool, work):
 
     if quiet or not sys.stderr.isatty():
         return work()
+    images = kpod.images  # open it here: the worker and the drawing must share one service
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -77,7 +78,7 @@ def _run_with_progress(kpod: KpodContext, quiet: bool, work):
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    follow_pull_progress(kpod.images.pull_progress, done)
+    follow_pull_progress(images.pull_progress, done)
     thread.join()
     if "error" in result:
         raise result["error"]

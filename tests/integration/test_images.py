@@ -345,3 +345,37 @@ def test_ocic_pull_error_is_one_line(ocid, registry):
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "not found" in result.stderr
+
+
+def run_on_a_terminal(command: list[str]) -> str:
+    """Run ``command`` with a pseudo-terminal as its stdio (util-linux `script`); its output."""
+    import shlex
+    import subprocess
+
+    result = subprocess.run(["script", "-q", "-e", "-c", shlex.join(command), "/dev/null"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("tool", ["ocic", "kpod"])
+def test_pull_draws_live_progress_on_a_terminal(ocid, registry, busybox_image, tool):
+    from .conftest import KPOD, OCIC
+
+    proxy = SlowProxy(("127.0.0.1", registry.port), bytes_per_second=700_000).start()
+    try:
+        write_registries(ocid, insecure(registry.host, proxy.host))
+        reference = f"{proxy.host}/library/busybox:latest"
+        if tool == "ocic":
+            command = [OCIC, "--connect", ocid.socket, "image", "pull", reference]
+        else:
+            command = [KPOD, "--config", str(ocid.workdir / "ocid.conf"), "--root",
+                       str(ocid.workdir / "kpod-root"), "pull", reference]
+        screen = run_on_a_terminal(command)
+    finally:
+        proxy.stop()
+    layer = busybox_image.image.layer_digests[0].removeprefix("sha256:")[:12]
+    assert layer in screen  # a bar per layer, labelled with its digest
+    assert "MB" in screen or "kB" in screen  # bytes done / total
+    assert busybox_image.config_digest.removeprefix("sha256:") in screen
