@@ -77,12 +77,12 @@ format_option = click.option("--format", "-f", "output_format", type=click.Choic
 @format_option
 def version(output_format: str) -> None:
     """Print kpod's version and the platform it runs on."""
-    from ocid.probe import host_platform
+    from ocid.image.manifest import Platform
 
     _emit({
         "Version": __version__,
         "Python Version": platform.python_version(),
-        "OS/Arch": host_platform(),
+        "OS/Arch": str(Platform.host()),
     }, output_format)
 
 

@@ -164,7 +164,7 @@ def _matches(record, filters: list[str]) -> bool:
             if (not record.names) != (value.lower() in ("true", "1")):
                 return False
         elif key == "label":
-            labels = record.config.get("config", {}).get("Labels") or {}
+            labels = (record.config.get("config") or {}).get("Labels") or {}
             name, has_value, label_value = value.partition("=")
             if name not in labels or (has_value and labels[name] != label_value):
                 return False
@@ -229,7 +229,7 @@ def inspect_data(record) -> dict:
         "RepoTags": record.names,
         "RepoDigests": record.digests,
         "Created": record.created,
-        "Config": config.get("config", {}),
+        "Config": config.get("config") or {},
         "Architecture": config.get("architecture", ""),
         "Os": config.get("os", ""),
         "Size": record.size,
@@ -300,7 +300,7 @@ def rmi(kpod: KpodContext, images_to_remove: tuple[str, ...], force: bool) -> No
     for text in images_to_remove:
         try:
             record = kpod.images.get(text)
-            by_name = kpod.images._matching_name(record, text)
+            by_name = kpod.images.matching_name(record, text)
             if not by_name and len(record.names) > 1 and not force:
                 raise click.ClickException(
                     f"image {text} has several names ({', '.join(record.names)}): name one, or use --force")
@@ -367,11 +367,8 @@ def save(kpod: KpodContext, image: str, output: str | None, archive_format: str,
     if not output and sys.stdout.isatty():
         raise click.UsageError("refusing to write an archive to a terminal: use --output or redirect")
     record = kpod.images.get(image)
-    name = image if image in record.names or ":" in image else (record.names[0] if record.names else None)
-    if name and archive_format == "docker-archive":
-        from ocid.image.reference import parse_reference
-
-        name = str(parse_reference(name)) if not name.startswith("sha256:") else None
+    # The name stored in the archive: the one the user gave, else the image's first.
+    name = kpod.images.matching_name(record, image) or (record.names[0] if record.names else None)
     if output:
         transfer.save(kpod.images, image,
                       TransportRef(ARCHIVE_FORMATS[archive_format], os.path.abspath(output), name))
@@ -452,9 +449,11 @@ def login(kpod: KpodContext, registry: str, username: str | None, password: str 
         password = sys.stdin.readline().rstrip("\n")
     elif password is None:
         password = click.prompt("Password", hide_input=True, err=True)
-    registries, _ = kpod.images._files.load()
+    registries, _ = kpod.images.config_files()
     insecure = registries.is_insecure(registry.split("/")[0]) if tls_verify is None else not tls_verify
-    RegistryClient(registry.split("/")[0], insecure=insecure, credentials=(username, password)).ping()
+    with RegistryClient(registry.split("/")[0], insecure=insecure,
+                        credentials=(username, password)) as client:
+        client.ping()
     store_credentials(kpod.config.image.auth_file, registry, Credentials(username, password))
     click.echo("Login Succeeded!")
 

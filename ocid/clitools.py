@@ -38,6 +38,13 @@ def run_cli(command: click.Command, argv: Sequence[str] | None, prog_name: str) 
         # The reader went away (`ocic ... | head`); nothing more to say.
         sys.stderr.close()
         return 141
+    except OSError as exc:
+        # A file the user named cannot be read or written: say which, in one line.
+        if os.environ.get("OCID_TRACEBACK"):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"{prog_name}: {exc.strerror or exc}{where}", err=True)
+        return 1
     return result if isinstance(result, int) else 0
 
 

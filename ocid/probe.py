@@ -28,14 +28,3 @@ def probe_executable(path: str, version_flag: str = "--version") -> Executable:
     lines = (result.stdout or result.stderr).strip().splitlines()
     return Executable(path, True, lines[0] if lines else "")
 
-
-_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-            "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def host_platform() -> str:
-    """This machine as an OCI platform string, e.g. ``linux/amd64``."""
-    import platform
-
-    machine = platform.machine()
-    return f"{platform.system().lower()}/{_GO_ARCH.get(machine, machine)}"

@@ -8,6 +8,7 @@ its parent are ready, so downloading and unpacking overlap.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,11 +35,17 @@ class BlobSource(Protocol):
         """The blob's bytes, in chunks (the caller verifies the digest)."""
 
 
+class PullCancelled(OcidError):
+    """Another part of the same pull failed; this download stops."""
+
+
 def _watch_stall(chunks: Iterator[bytes], pull: PullProgress, layer: LayerProgress,
-                 stall_timeout: float) -> Iterator[bytes]:
+                 stall_timeout: float, cancelled: threading.Event) -> Iterator[bytes]:
     """Pass chunks through, recording progress; name the stalled blob when the source stops."""
     try:
         for chunk in chunks:
+            if cancelled.is_set():
+                raise PullCancelled(f"download of {layer.digest} cancelled")
             pull.advance(layer, len(chunk))
             yield chunk
     except OcidError as exc:
@@ -57,7 +64,7 @@ def copy_image(
     *,
     platform: Platform,
     progress: PullProgress,
-    executor: ThreadPoolExecutor,
+    max_parallel: int = 3,
     stall_timeout: float = 0,
 ) -> tuple[ImageRecord, str]:
     """Bring the image ``reference`` of ``source`` into ``store``.
@@ -74,6 +81,9 @@ def copy_image(
     if isinstance(parsed, Index):
         chosen = select_platform(parsed, platform)
         raw, media_type = source.fetch_manifest(chosen.digest)
+        if len(raw) > MAX_MANIFEST_BYTES or sha256_digest(raw) != chosen.digest:
+            raise InvalidArgument(f"{source.description}: the manifest for {chosen.platform} does "
+                                  f"not match its digest {chosen.digest} in the index")
         parsed = parse_manifest(raw, media_type)
         if isinstance(parsed, Index):
             raise InvalidArgument(f"{source.description}: an index inside an index is not supported")
@@ -108,9 +118,13 @@ def copy_image(
             state.state, state.done = "exists", state.total
             return
         chunks = _watch_stall(source.iter_blob(layer.digest, layer.size), progress, state,
-                              stall_timeout)
+                              stall_timeout, cancelled)
         store.ingest_blob(chunks, layer.digest, layer.size)
 
+    # One small pool per pull: at most max_parallel downloads of this image at once, and a
+    # failure stops the others (they check `cancelled` between chunks).
+    cancelled = threading.Event()
+    executor = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="blob")
     downloads: list[Future[None] | None] = []
     for index, layer in enumerate(layers):
         # A layer already unpacked (shared base) needs no download, unless its blob is gone.
@@ -131,10 +145,11 @@ def copy_image(
                 layers[index] = store.layer_info(layers[index].chain_id, layers[index])
             state.state = "done"
             parent = layers[index].chain_id
+    except BaseException:
+        cancelled.set()
+        raise
     finally:
-        for future in downloads:
-            if future is not None:
-                future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
 
     store.put_blob_bytes(raw, manifest_digest)
     return ImageRecord(

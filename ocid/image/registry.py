@@ -148,6 +148,16 @@ class RegistryClient:
             # The caller chose not to verify TLS; a warning per request would only be noise.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
+    def close(self) -> None:
+        """Close the connections of this client's session."""
+        self._session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         user = f", user={self._credentials[0]!r}" if self._credentials else ""
         return f"RegistryClient({self.host!r}, insecure={self.insecure}{user})"

@@ -4,26 +4,31 @@ tag, push, save, load and import, over one ImageStore.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ocid.config import Config
-from ocid.errors import InvalidArgument, NotFound, OcidError, Unavailable
+from ocid.errors import InvalidArgument, NotFound, OcidError
 from ocid.image.auth import Credentials, default_auth_files, lookup_credentials
 from ocid.image.copy import BlobSource, copy_image
 from ocid.image.manifest import Platform
 from ocid.image.policy import Policy, load_policy
 from ocid.image.progress import PullProgress, PullTracker
-from ocid.image.reference import ImageReference, is_short_name, parse_reference
+from ocid.image.reference import ImageReference, parse_reference
 from ocid.image.registries import PullSource, RegistriesConfig, load_registries_conf
 from ocid.image.registry import RegistryClient
 from ocid.storage.store import ImageRecord, ImageStore
 
 log = logging.getLogger(__name__)
+
+_FULL_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+_ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]{3,64}")
 
 PROGRESS_CHUNK = 64 * 1024
 
@@ -90,36 +95,55 @@ class ImageService:
         self._files = _ConfigFiles(config)
         self._in_flight: dict[tuple[str, str], Future[ImageRecord]] = {}
         self._in_flight_lock = threading.Lock()
-        self._downloads = ThreadPoolExecutor(
-            max_workers=max(1, config.image.max_parallel_downloads) * 4,
-            thread_name_prefix="blob")
+
+    # ---- configuration and clients ------------------------------------------------------
+
+    def config_files(self) -> tuple[RegistriesConfig, Policy]:
+        """registries.conf and policy.json as they are now (re-read when they change)."""
+        return self._files.load()
+
+    def client_for(self, host: str, *, insecure: bool, credentials: Credentials | None = None,
+                   repository: str = "", pulling: bool = False) -> RegistryClient:
+        """A registry client, with credentials from auth.json unless given."""
+        if credentials is None:
+            credentials = lookup_credentials(f"{host}/{repository}".rstrip("/"),
+                                             default_auth_files(self.config.image.auth_file))
+        retries, read_timeout = 3, 300.0
+        stall = self.config.image.pull_progress_timeout
+        if pulling and stall:
+            # The read timeout bounds one silent read; retries resume, so split the budget.
+            retries = 2
+            read_timeout = max(1.0, stall / (retries + 1))
+        return RegistryClient(host, insecure=insecure, retries=retries, timeout=(10.0, read_timeout),
+                              credentials=(credentials.username, credentials.password)
+                              if credentials else None)
 
     # ---- names -------------------------------------------------------------------------
 
-    def resolve_names(self, text: str) -> list[ImageReference]:
-        """The fully qualified references a user's image name stands for (short names too)."""
-        registries, _ = self._files.load()
-        return registries.resolve(text)
-
     def find(self, text: str) -> ImageRecord | None:
-        """The stored image ``text`` names (ID, ID prefix, name or digest), or None."""
+        """The stored image ``text`` names, or None.
+
+        In podman's order: a full ID, then the name (normalised, aliases and search
+        registries applied) or repo digest, and an ID prefix last, so that a short name made
+        of hex letters (``cafe``) never picks an image by its ID.
+        """
         text = text.strip()
         if not text:
             raise InvalidArgument("no image given")
+        if _FULL_ID.fullmatch(text):
+            return self._lookup(text)
+        for candidate in dict.fromkeys([text, *map(str, self._local_candidates(text))]):
+            if not _ID_PREFIX.fullmatch(candidate):  # bare hex words: only as an ID prefix
+                record = self._lookup(candidate)
+                if record is not None:
+                    return record
+        return self._lookup(text) if _ID_PREFIX.fullmatch(text) else None
+
+    def _lookup(self, text: str) -> ImageRecord | None:
         try:
             return self.store.get_image(text)
         except NotFound:
-            pass
-        try:
-            candidates = self._local_candidates(text)
-        except InvalidArgument:
             return None
-        for ref in candidates:
-            try:
-                return self.store.get_image(str(ref))
-            except NotFound:
-                continue
-        return None
 
     def get(self, text: str) -> ImageRecord:
         """Like ``find``, but a missing image is NotFound."""
@@ -129,13 +153,12 @@ class ImageService:
         return record
 
     def _local_candidates(self, text: str) -> list[ImageReference]:
-        if not is_short_name(text):
-            return [parse_reference(text)]
-        registries, _ = self._files.load()
-        # Locally an ambiguous short name may still match one stored image: try them all.
-        names = [f"{r}/{text}" for r in registries.unqualified_search_registries]
-        refs = [parse_reference(text)] + [parse_reference(n) for n in names]
-        return refs
+        """Every full name ``text`` may stand for locally (an ambiguous short name included)."""
+        registries, _ = self.config_files()
+        try:
+            return dataclasses.replace(registries, short_name_mode="permissive").resolve(text)
+        except InvalidArgument:
+            return []
 
     # ---- pull --------------------------------------------------------------------------
 
@@ -145,7 +168,7 @@ class ImageService:
 
         Concurrent pulls of the same image in this process do the work once.
         """
-        registries, policy = self._files.load()
+        registries, policy = self.config_files()
         candidates = registries.resolve(text)
         platform = platform or Platform.host()
         failures: list[str] = []
@@ -191,7 +214,8 @@ class ImageService:
         for source in sources:
             try:
                 return self._pull_from(ref, source, credentials, platform, tls_verify)
-            except (NotFound, Unavailable) as exc:
+            except OcidError as exc:
+                # Any failure of a mirror falls back to the next source, as containers/image does.
                 if not source.mirror:
                     raise
                 log.info("mirror %s failed for %s: %s", source.reference.domain, ref, exc)
@@ -199,36 +223,24 @@ class ImageService:
         assert last_error is not None
         raise last_error
 
-    def _client_for(self, source: PullSource, credentials: Credentials | None,
-                    tls_verify: bool | None) -> RegistryClient:
-        src = source.reference
-        if credentials is None:
-            credentials = lookup_credentials(f"{src.domain}/{src.path}",
-                                             default_auth_files(self.config.image.auth_file))
-        insecure = source.insecure if tls_verify is None else not tls_verify
-        stall = self.config.image.pull_progress_timeout
-        retries = 2
-        # The read timeout bounds one silent read; retries resume, so split the stall budget.
-        read_timeout = max(1.0, stall / (retries + 1)) if stall else 300.0
-        return RegistryClient(src.domain, insecure=insecure, retries=retries,
-                              timeout=(10.0, read_timeout),
-                              credentials=(credentials.username, credentials.password)
-                              if credentials else None)
-
     def _pull_from(self, ref: ImageReference, source: PullSource, credentials: Credentials | None,
                    platform: Platform, tls_verify: bool | None) -> ImageRecord:
-        client = self._client_for(source, credentials, tls_verify)
         src = source.reference
+        client = self.client_for(src.domain, repository=src.path, credentials=credentials,
+                                 insecure=source.insecure if tls_verify is None else not tls_verify,
+                                 pulling=True)
         blob_source = RegistrySource(client, src.path, f"{src.domain}/{src.path}")
         progress = self.pulls.start(str(ref))
         progress.source = str(src)
         try:
             log.info("pulling %s from %s", ref, src.domain)
             record, top_digest = copy_image(self.store, blob_source, src.digest or src.tag, platform=platform,
-                                progress=progress, executor=self._downloads,
+                                progress=progress,
+                                max_parallel=self.config.image.max_parallel_downloads,
                                 stall_timeout=self.config.image.pull_progress_timeout)
         finally:
             self.pulls.finish(progress)
+            client.close()
         if ref.tag:
             record.names = [str(ImageReference(ref.domain, ref.path, tag=ref.tag))]
         record.digests = [f"{ref.name}@{top_digest}"]
@@ -257,21 +269,18 @@ class ImageService:
         record = self.find(text)
         if record is None:
             return None
-        name = self._matching_name(record, text)
+        name = self.matching_name(record, text)
         if name and len(record.names) > 1:
             self.store.untag_image(name)
             return record
         self.store.remove_image(record.id)
         return record
 
-    def _matching_name(self, record: ImageRecord, text: str) -> str | None:
-        try:
-            refs = self._local_candidates(text)
-        except InvalidArgument:
-            return None
-        for ref in refs:
-            if str(ref) in record.names:
-                return str(ref)
+    def matching_name(self, record: ImageRecord, text: str) -> str | None:
+        """The name of ``record`` that ``text`` stands for, if ``text`` is a name of it."""
+        for candidate in (text, *map(str, self._local_candidates(text))):
+            if candidate in record.names:
+                return candidate
         return None
 
     def tag(self, text: str, new_name: str) -> ImageRecord:
@@ -289,4 +298,5 @@ class ImageService:
         return self.config.storage_root, used_bytes, used_inodes
 
     def close(self) -> None:
-        self._downloads.shutdown(wait=False, cancel_futures=True)
+        """Release the store (its database connections and pins)."""
+        self.store.close()

@@ -2,7 +2,8 @@
 
 Pulls from registries live in ``service.py``; everything here goes through the same copy
 pipeline (``copy.py``) or reads the stored blobs back out unchanged, so an image keeps its ID
-(the config digest) and manifest digest through every round trip.
+(the config digest) through every round trip. (Its manifest digest changes only when a Docker
+v2s2 image is written to an OCI layout or archive, which must hold OCI manifests.)
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ocid.errors import InvalidArgument
+from ocid.errors import FailedPrecondition, InvalidArgument
 from ocid.image import manifest as mf
-from ocid.image.auth import Credentials, default_auth_files, lookup_credentials
+from ocid.image.auth import Credentials
 from ocid.image.copy import copy_image
 from ocid.image.manifest import Platform
 from ocid.image.reference import ImageReference, parse_reference
-from ocid.image.registry import RegistryClient
 from ocid.image.service import ImageService
 from ocid.image.transports import ImageSource, TransportRef, open_destination, open_source
 from ocid.storage.store import ImageRecord
@@ -92,13 +92,18 @@ def _name_or_none(text: str | None) -> str | None:
 
 def load(service: ImageService, ref: TransportRef, *, platform: Platform | None = None,
          extra_names: list[str] | None = None) -> ImageRecord:
-    """Copy the image of a file transport (oci, oci-archive, docker-archive) into the store."""
+    """Copy the image of a file transport (oci, oci-archive, docker-archive) into the store.
+
+    policy.json applies as for pulls, with the file's absolute path as the scope.
+    """
+    _, policy = service.config_files()
+    policy.check(ref.transport, None, os.path.abspath(ref.path))
     with open_source(ref) as source:
         progress = service.pulls.start(f"{ref.transport}:{ref.path}")
         try:
             record, _ = copy_image(service.store, TransportSource(source, f"{ref.transport}:{ref.path}"),
                                 None, platform=platform or Platform.host(), progress=progress,
-                                executor=service._downloads)
+                                max_parallel=service.config.image.max_parallel_downloads)
         finally:
             service.pulls.finish(progress)
         names = [n for n in (_name_or_none(x) for x in [*source.names, *(extra_names or [])]) if n]
@@ -143,21 +148,21 @@ def push(service: ImageService, text: str, destination: str, *,
     record = service.get(text)
     raw, manifest = _stored_manifest(service, record)
     target = parse_reference(destination.removeprefix("docker://"))
-    registries, policy = service._files.load()
+    registries, _ = service.config_files()
+    registry = registries.find_registry(target)
+    if registry is not None and registry.blocked:
+        raise FailedPrecondition(f"registry {registry.prefix} is blocked in {registries.path}")
     insecure = registries.is_insecure(target.domain) if tls_verify is None else not tls_verify
-    if credentials is None:
-        credentials = lookup_credentials(f"{target.domain}/{target.path}",
-                                         default_auth_files(service.config.image.auth_file))
-    client = RegistryClient(target.domain, insecure=insecure,
-                            credentials=(credentials.username, credentials.password)
-                            if credentials else None)
-    for desc in (*manifest.layers, manifest.config):
-        path = service.store.blob_path(desc.digest)
-        uploaded = client.push_blob(target.path, desc.digest, desc.size, lambda p=path: open(p, "rb"))
-        if progress:
-            progress(desc.digest, desc.size, desc.size if uploaded else 0)
-    return client.put_manifest(target.path, target.tag or target.digest or "latest", raw,
-                               manifest.media_type)
+    with service.client_for(target.domain, repository=target.path, insecure=insecure,
+                            credentials=credentials) as client:
+        for desc in (*manifest.layers, manifest.config):
+            path = service.store.blob_path(desc.digest)
+            uploaded = client.push_blob(target.path, desc.digest, desc.size,
+                                        lambda p=path: open(p, "rb"))
+            if progress:
+                progress(desc.digest, desc.size, desc.size if uploaded else 0)
+        return client.put_manifest(target.path, target.tag or target.digest or "latest", raw,
+                                   manifest.media_type)
 
 
 # ---- import: a root file system tarball becomes a one-layer image --------------------------
@@ -255,7 +260,7 @@ def import_rootfs(service: ImageService, tarball: str, name: str | None = None, 
         progress = service.pulls.start(f"import:{tarball}")
         try:
             record, _ = copy_image(service.store, source_blobs, None, platform=platform,
-                                progress=progress, executor=service._downloads)
+                                   progress=progress)
         finally:
             service.pulls.finish(progress)
     record.names = [str(parse_reference(name))] if name else []

@@ -30,7 +30,7 @@ def credentials_from(auth: api_pb2.AuthConfig) -> Credentials | None:
 
 def image_user(record: ImageRecord) -> tuple[int | None, str]:
     """The image's configured user as the CRI reports it: a numeric uid, or a user name."""
-    user = str(record.config.get("config", {}).get("User", "") or "").split(":", 1)[0]
+    user = str((record.config.get("config") or {}).get("User") or "").split(":", 1)[0]
     if user.isdigit():
         return int(user), ""
     return None, user

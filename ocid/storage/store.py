@@ -437,7 +437,7 @@ class ImageStore:
         try:
             with self._db.write() as conn:
                 row = conn.execute(
-                    "SELECT link FROM layers l WHERE chain_id = ? AND NOT EXISTS "
+                    "SELECT link, digest FROM layers l WHERE chain_id = ? AND NOT EXISTS "
                     "(SELECT 1 FROM image_layers il WHERE il.chain_id = l.chain_id) "
                     "AND NOT EXISTS (SELECT 1 FROM layers c WHERE c.parent = l.chain_id)",
                     (chain,)).fetchone()
@@ -452,6 +452,8 @@ class ImageStore:
             with self._lock("layer", f"{hexpart}.lock") as apply_lock:
                 apply_lock.unlink()
             pin.unlink()
+            # Its blob was kept while the layer existed (see _remove_blob_if_unused).
+            self._remove_blob_if_unused(row[1])
             log.debug("deleted layer %s", chain)
             return True
         finally:
@@ -533,7 +535,8 @@ class ImageStore:
             if len(ids) == 1:
                 return str(ids[0])
             if ids:
-                raise NotFound(f"image ID prefix {ref!r} is ambiguous: it matches several images")
+                raise InvalidArgument(
+                    f"image ID prefix {ref!r} is ambiguous: it matches several images")
         raise NotFound(f"image {ref!r} is not in the store")
 
     def _records(self, conn: sqlite3.Connection, image_id: str | None = None) -> list[ImageRecord]:
@@ -623,7 +626,9 @@ class ImageStore:
         with self._db.write() as conn:
             used = conn.execute(
                 "SELECT 1 FROM images WHERE id = ?1 OR manifest_digest = ?1 UNION ALL "
-                "SELECT 1 FROM image_layers WHERE digest = ?1 LIMIT 1", (digest,)).fetchone()
+                "SELECT 1 FROM image_layers WHERE digest = ?1 UNION ALL "
+                # a layer still on disk keeps its blob: a pull in flight may be reusing it
+                "SELECT 1 FROM layers WHERE digest = ?1 LIMIT 1", (digest,)).fetchone()
             if used is None:
                 try:
                     os.unlink(path)

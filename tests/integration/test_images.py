@@ -114,8 +114,9 @@ def test_missing_image_and_bad_names_get_clear_errors(ocid, registry, busybox_im
 def test_registry_not_marked_insecure_is_refused(start_ocid, registry, busybox_image):
     daemon = start_ocid()  # no registries.conf: TLS is required
     err = rpc_error(pull, daemon, busybox_image.reference)
-    assert err.code() != grpc.StatusCode.OK
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert registry.host in err.details()
+    assert "insecure" in err.details()  # says how to allow plain HTTP
     assert listed(daemon) == []
 
 
@@ -140,6 +141,16 @@ def test_short_names_resolve_through_search_registries(ocid, registry, auth_regi
     err = rpc_error(pull, ocid, "library/busybox")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ambiguous" in err.details()
+
+
+def test_an_alias_pulls_and_finds_the_image(ocid, registry, busybox_image):
+    write_registries(ocid, f'[aliases]\n"mybox" = "{registry.host}/library/busybox"\n\n'
+                     + insecure(registry.host))
+    assert pull(ocid, "mybox") == busybox_image.config_digest
+    assert status(ocid, "mybox").image.id == busybox_image.config_digest  # no re-pull needed
+    assert list(listed(ocid)[0].repo_tags) == [busybox_image.reference]
+    remove(ocid, "mybox")
+    assert listed(ocid) == []
 
 
 def test_policy_rejection_names_the_policy(ocid, registry, busybox_image):

@@ -8,7 +8,7 @@ import subprocess
 import yaml
 
 from ocid import __version__
-from ocid.probe import host_platform
+from ocid.image.manifest import Platform
 
 from .conftest import KPOD
 
@@ -22,7 +22,7 @@ def test_version():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["Version"] == __version__
-    assert data["OS/Arch"] == host_platform()
+    assert data["OS/Arch"] == str(Platform.host())
 
 
 def test_info_uses_ocids_config_and_kpod_overrides(tmp_path):

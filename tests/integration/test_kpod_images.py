@@ -211,3 +211,38 @@ def test_ocid_and_kpod_pulling_at_the_same_moment_store_one_copy(start_ocid, wor
     layers = [d for d in overlay.iterdir() if d.name != "l" and not d.name.startswith(".")]
     assert len(layers) == len(busybox_image.image.diff_ids)
     assert [image.id for image in listed(ocid)] == [busybox_image.config_digest]
+
+
+def test_a_hex_looking_name_is_a_name_not_an_id_prefix(kpod, busybox_image, tmp_path):
+    other = build_layout(tmp_path / "layout", "latest", [LayerSpec(files={"/other": b"other"})])
+    kpod("pull", f"oci:{other.layout_dir}:latest")
+    kpod("pull", "-q", busybox_image.reference)
+    prefix = other.config_digest.removeprefix("sha256:")[:5]
+    kpod("tag", busybox_image.reference, prefix)  # the name docker.io/library/<prefix>:latest
+    [by_name] = json.loads(kpod("inspect", prefix).stdout)
+    assert by_name["Id"] == busybox_image.config_digest.removeprefix("sha256:")
+    kpod("rmi", prefix)  # removes that name, never the other image
+    ids = kpod("images", "-q", "--no-trunc").stdout.split()
+    assert sorted(ids) == sorted([busybox_image.config_digest, other.config_digest])
+    [by_prefix] = json.loads(kpod("inspect", prefix).stdout)  # now only the ID prefix matches
+    assert by_prefix["Id"] == other.config_digest.removeprefix("sha256:")
+
+
+def test_policy_applies_to_archives_too(kpod, busybox_image, tmp_path):
+    kpod("pull", "-q", busybox_image.reference)
+    archive = tmp_path / "image.tar"
+    kpod("save", "-o", str(archive), busybox_image.reference)
+    policy = kpod.workdir / "containers" / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}],
+                                  "transports": {"docker-archive": {"": [{"type": "reject"}]}}}))
+    refused = kpod("load", "-i", str(archive), check=False)
+    assert refused.returncode == 1
+    assert str(policy) in refused.stderr and "docker-archive" in refused.stderr
+
+
+def test_file_errors_are_one_line(kpod, busybox_image):
+    kpod("pull", "-q", busybox_image.reference)
+    result = kpod("save", "-o", "/proc/forbidden/image.tar", busybox_image.reference, check=False)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ocid.storage import ImageStore
-from ocid.storage.testing import Entry, add_image
+from tests.support.layers import Entry, add_image
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")
 

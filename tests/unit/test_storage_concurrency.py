@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from ocid.storage import FileLock, ImageStore
-from ocid.storage.testing import Entry, add_image, make_layer
+from tests.support.layers import Entry, add_image, make_layer
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root")
 PAYLOAD = bytes(range(256)) * 40_000  # 10 MB, the same in every process
@@ -138,7 +138,7 @@ print(json.dumps({"size": layer.unpacked_size}))
 def test_two_processes_put_the_same_image(store: ImageStore, tmp_path) -> None:
     script = WAIT + """
 from ocid.storage import ImageStore
-from ocid.storage.testing import Entry, add_image
+from tests.support.layers import Entry, add_image
 payload = bytes(range(256)) * 40_000
 store = ImageStore(sys.argv[2])
 image = add_image(store, [[Entry("base", data=payload)], [Entry("top", data=payload[::-1])]],

@@ -11,7 +11,7 @@ import pytest
 from ocid.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ocid.storage import ImageRecord, ImageStore
 from ocid.storage.digest import sha256_digest
-from ocid.storage.testing import Entry, add_image, make_layer
+from tests.support.layers import Entry, add_image, make_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root")
 
@@ -55,10 +55,10 @@ def _bare(image_id: str, *names: str) -> ImageRecord:
                        added=0.0, top_layer=None)
 
 
-def test_ambiguous_prefix_is_not_found(store: ImageStore) -> None:
+def test_ambiguous_prefix_is_refused(store: ImageStore) -> None:
     store.put_image(_bare("sha256:abc1" + "0" * 60))
     store.put_image(_bare("sha256:abc2" + "0" * 60))
-    with pytest.raises(NotFound, match="ambiguous"):
+    with pytest.raises(InvalidArgument, match="ambiguous"):
         store.get_image("abc")
     assert store.get_image("abc2").id == "sha256:abc2" + "0" * 60
     assert store.get_image("sha256:abc1").id == "sha256:abc1" + "0" * 60
@@ -147,6 +147,7 @@ def test_pinned_layers_survive_a_concurrent_remove(store: ImageStore, tmp_path) 
         other.layer_info(image.layers[0].chain_id)
         store.remove_image(image.id)
         assert store.has_layer(image.layers[0].chain_id)  # kept for the pull in progress
+        assert store.has_blob(image.layers[0].digest)  # and its blob, for push and save
         record = dataclasses.replace(image, names=["b:1"])
         other.put_image(record)
         assert other.get_image("b:1").id == image.id
@@ -154,6 +155,7 @@ def test_pinned_layers_survive_a_concurrent_remove(store: ImageStore, tmp_path) 
         other.close()
     store.remove_image("b:1")
     assert layer_dirs(store) == []
+    assert not store.has_blob(image.layers[0].digest)
 
 
 def test_containers_are_recorded(store: ImageStore) -> None:

@@ -13,7 +13,7 @@ import pytest
 from ocid.errors import FailedPrecondition, InvalidArgument, NotFound
 from ocid.storage import DigestMismatch, ImageStore, LayerInfo, chain_ids
 from ocid.storage.digest import sha256_digest
-from ocid.storage.testing import Entry, compress, make_layer, make_tar
+from tests.support.layers import Entry, compress, make_layer, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers needs root")
 
