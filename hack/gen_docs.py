@@ -70,7 +70,7 @@ def command_pages(name: str, group: click.Group, section: str) -> dict[str, str]
         lines[lines.index(".SH NAME") + 1] = (
             f"{ctx.command_path.replace(' ', chr(92) + '-')} \\- {_escape(first_line)}")
         text = "\n".join(lines)
-        text = text.replace(f"(1)\\fP for the", f"({section})\\fP for the")
+        text = text.replace("(1)\\fP for the", f"({section})\\fP for the")
         return text
 
     def subcommand_sections(ctx: click.Context) -> str:

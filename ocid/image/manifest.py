@@ -28,6 +28,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 
 # Layers.
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"  # what `docker save` archives hold
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from ocid.config import Config
 from ocid.errors import InvalidArgument, NotFound, OcidError
 from ocid.image.auth import Credentials, default_auth_files, lookup_credentials
-from ocid.image.copy import BlobSource, copy_image
+from ocid.image.copy import copy_image
 from ocid.image.manifest import Platform
 from ocid.image.policy import Policy, load_policy
-from ocid.image.progress import PullProgress, PullTracker
+from ocid.image.progress import PullTracker
 from ocid.image.reference import ImageReference, parse_reference
 from ocid.image.registries import PullSource, RegistriesConfig, load_registries_conf
 from ocid.image.registry import RegistryClient

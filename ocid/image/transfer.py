@@ -23,7 +23,7 @@ from ocid.image import manifest as mf
 from ocid.image.auth import Credentials
 from ocid.image.copy import copy_image
 from ocid.image.manifest import Platform
-from ocid.image.reference import ImageReference, parse_reference
+from ocid.image.reference import parse_reference
 from ocid.image.service import ImageService
 from ocid.image.transports import ImageSource, TransportRef, open_destination, open_source
 from ocid.storage.store import ImageRecord

@@ -30,11 +30,14 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, BinaryIO, Protocol, cast
+from typing import IO, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
 from ocid.errors import FailedPrecondition, InvalidArgument, NotFound
+from ocid.image.manifest import (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
+                                 DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
+                                 OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST)
 from ocid.image.reference import parse_reference
 
 TRANSPORTS = ("docker", "oci", "oci-archive", "docker-archive")
@@ -43,17 +46,6 @@ FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 # instead of being read as an image called "dir".
 UNSUPPORTED_TRANSPORTS = ("containers-storage", "dir", "docker-daemon", "ostree", "sif", "tarball")
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = "1.0.0"
 
@@ -70,6 +62,19 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+class _Closing:
+    """Sources and destinations close themselves at the end of a ``with`` block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # ---- references ------------------------------------------------------------------------------
@@ -523,7 +528,7 @@ def _blob_rel(digest: str, where: str) -> str:
     return f"blobs/{alg}/{hexpart}"
 
 
-class OciLayoutSource:
+class OciLayoutSource(_Closing):
     """One image (manifest or index) of an OCI layout, in a directory or an archive."""
 
     def __init__(self, files: _Files, name: str | None, *, label: str):
@@ -616,17 +621,11 @@ class OciLayoutSource:
         """Release the archive's temporary data, if any."""
         self._files.close()
 
-    def __enter__(self) -> OciLayoutSource:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 # ---- OCI layout: writing -----------------------------------------------------------------------
 
-class OciLayoutDestination:
+class OciLayoutDestination(_Closing):
     """Adds images to an OCI layout directory, created if missing.
 
     A new layout is built in a hidden sibling directory and renamed into place at commit; an
@@ -762,12 +761,6 @@ class OciLayoutDestination:
                 shutil.rmtree(directory, ignore_errors=True)
         self._done = True
 
-    def __enter__(self) -> OciLayoutDestination:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 _DOCKER_TO_OCI_LAYER = {
@@ -854,7 +847,7 @@ class _TarOutput:
 
 # ---- oci-archive: writing ----------------------------------------------------------------------
 
-class OciArchiveDestination:
+class OciArchiveDestination(_Closing):
     """Builds an OCI layout in a temporary directory and tars it at commit, replacing ``path``."""
 
     def __init__(self, path: str, name: str | None):
@@ -901,12 +894,6 @@ class OciArchiveDestination:
         self._layout.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> OciArchiveDestination:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 # ---- docker-archive: reading -------------------------------------------------------------------
@@ -919,7 +906,7 @@ class _ArchivedBlob:
     size: int
 
 
-class DockerArchiveSource:
+class DockerArchiveSource(_Closing):
     """One image of a ``docker save`` tarball, with a synthesised Docker v2s2 manifest.
 
     Layer digests are the sha256 of the layer members as stored, so for the uncompressed layers
@@ -1078,12 +1065,6 @@ class DockerArchiveSource:
         """Release the archive's temporary data, if any."""
         self._archive.close()
 
-    def __enter__(self) -> DockerArchiveSource:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 # ---- docker-archive: writing -------------------------------------------------------------------
@@ -1124,7 +1105,7 @@ def _legacy_layers(config: dict, diff_ids: tuple[str, ...]) -> list[tuple[str, b
     return result
 
 
-class DockerArchiveDestination:
+class DockerArchiveDestination(_Closing):
     """Writes a ``docker save`` tarball: ``<hex>.json`` configs, ``<v1 id>/layer.tar`` uncompressed
     layers (with legacy ``json`` and ``VERSION``), ``manifest.json`` and ``repositories``."""
 
@@ -1282,10 +1263,4 @@ class DockerArchiveDestination:
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._done = True
 
-    def __enter__(self) -> DockerArchiveDestination:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 

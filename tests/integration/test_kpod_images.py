@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2
 
 from ocid.storage import ImageStore
 from ocid.image.manifest import Platform
