@@ -188,8 +188,12 @@ class OciRuntime:
             os.unlink(conmon_pidfile)  # a stale one would name the wrong monitor
         with tempfile.TemporaryFile() as errfile:
             try:
+                # conmon works in its cwd (the `oom` marker, attach FIFOs): that must be the
+                # bundle, as in cri-o. os.posix_spawn cannot chdir before Python 3.13, so
+                # coreutils' env does it and execs conmon (one exec, no shell).
                 status, line = _spawn_conmon(
-                    argv, env, errfile.fileno(), time.monotonic() + timeout
+                    [ENV_PATH, f"--chdir={bundle}", *argv], env, errfile.fileno(),
+                    time.monotonic() + timeout
                 )
             except OSError as exc:
                 raise InternalError(f"cannot run {p.conmon_path}: {exc}") from exc
@@ -379,6 +383,9 @@ class OciRuntime:
             os.write(fd, b"2 0 0\n")
         finally:
             os.close(fd)
+
+
+ENV_PATH = "/usr/bin/env"
 
 
 def _dup_above_4(fd: int) -> int:

@@ -213,6 +213,9 @@ def test_oom_killed(env: Env) -> None:
     if not st.oom_killed and st.exit_code != 137:
         pytest.skip(f"the kernel reported no OOM kill (exit code {st.exit_code})")
     assert (st.oom_killed, st.exit_code) == (True, 137)
+    # conmon writes its marker in its cwd, which must be the bundle, never the daemon's cwd
+    assert os.path.exists(os.path.join(ctr.bundle, "oom"))
+    assert not os.path.exists("oom")
 
 
 def test_reopen_log(env: Env) -> None:
