@@ -45,12 +45,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from cri_api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
-from tabulate import tabulate  # noqa: E402
+from cri_api.v1 import api_pb2, api_pb2_grpc
+from tabulate import tabulate
 
-from tests.integration.conftest import KPOD, OcidDaemon, launch_ocid, write_config  # noqa: E402
-from tests.support.images import BuiltImage, LayerSpec, build_layout, push_layout  # noqa: E402
-from tests.support.registry import LocalRegistry  # noqa: E402
+from tests.integration.conftest import KPOD, OcidDaemon, launch_ocid, write_config
+from tests.support.images import BuiltImage, LayerSpec, build_layout, push_layout
+from tests.support.registry import LocalRegistry
 
 MB = 1_000_000
 SEED = 20240601
@@ -188,7 +188,8 @@ def fresh_dir(scratch: Path, name: str) -> Path:
 def run_timed(args: list[str]) -> tuple[float, str]:
     """Run a command; its wall time in seconds and its stdout. Fails loudly on errors."""
     start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True, timeout=PULL_TIMEOUT)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=PULL_TIMEOUT,
+                            check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}")
@@ -278,17 +279,20 @@ class Measurements:
 
 
 def run_rounds(image: TestImage, rounds: int, scratch: Path) -> Measurements:
-    """Each round runs every contender once, the order rotated by one each round."""
+    """Each round runs every contender once, the order rotated by one each round.
+
+    Before each pull an untimed ``sync`` flushes what the previous one wrote, so nobody pays
+    for another's writeback. Pulled trees stay until the end: on ext4, creating files right
+    after thousands were deleted is slower (the inode allocator skips recently freed inodes),
+    and that penalty would fall on whichever contender comes next.
+    """
     names = list(CONTENDERS)
     measured = Measurements()
     for round_index in range(rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for name in order:
-            round_dir = fresh_dir(scratch, f"r{round_index}")
-            try:
-                seconds = CONTENDERS[name](image, round_dir)
-            finally:
-                shutil.rmtree(round_dir, ignore_errors=True)
+            os.sync()
+            seconds = CONTENDERS[name](image, fresh_dir(scratch, f"r{round_index}"))
             measured.seconds[name].append(seconds)
             log(f"round {round_index + 1}/{rounds}: {name:6s} {seconds:6.2f} s")
     return measured
@@ -326,11 +330,22 @@ def machine_info() -> dict[str, object]:
     with contextlib.suppress(OSError, StopIteration, ValueError):
         mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                           if line.startswith("MemTotal:")))
-    skopeo = subprocess.run(["skopeo", "--version"], capture_output=True, text=True).stdout.strip()
+    skopeo = subprocess.run(["skopeo", "--version"], capture_output=True, text=True,
+                            check=False).stdout.strip()
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem_kb / 1e6, 1),
             "kernel": platform.release(), "python": platform.python_version(),
-            "skopeo": skopeo, "date": datetime.datetime.now(datetime.timezone.utc)
+            "skopeo": skopeo, "date": datetime.datetime.now(datetime.UTC)
             .isoformat(timespec="seconds")}
+
+
+def filesystem(path: Path) -> str:
+    """The type and device of the file system holding ``path`` (from /proc/self/mounts)."""
+    best = ("", "?", "?")
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        device, point, fstype = line.split()[:3]
+        if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best[0]):
+            best = (point, fstype, device)
+    return f"{best[1]} on {best[2]} (mounted at {best[0]})"
 
 
 def image_info(image: TestImage) -> dict[str, object]:
@@ -355,9 +370,9 @@ def mounts_under(root: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
+def scratch_dir(parent: Path = Path("/tmp")) -> Iterator[Path]:
     """A temporary directory, removed afterwards with any mount left below it."""
-    path = Path(tempfile.mkdtemp(prefix="ocid-bench-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="ocid-bench-", dir=parent))
     try:
         yield path
     finally:
@@ -375,19 +390,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mb", type=int, default=100,
                         help="uncompressed content of the test image, in MB")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--tmpdir", type=Path, default=Path("/tmp"),
+                        help="where the registry and the stores live (its file system matters)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.size_mb < 1:
         parser.error("--rounds and --size-mb must be positive")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("warning: not root; ocid and kpod need root to chown unpacked files")
-    # SIGTERM unwinds like Ctrl-C, so the daemons, the registry and the temp dirs go too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    with scratch_dir() as scratch, LocalRegistry(scratch / "registry") as registry:
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    """Build, push and pull; everything started here is stopped and removed on the way out."""
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: load average {load_before:.2f}: something else is running; "
+            "expect noisy figures")
+    with scratch_dir(args.tmpdir) as scratch, LocalRegistry(scratch / "registry") as registry:
         started = time.perf_counter()
         image = build_and_push(scratch, registry, args.size_mb)
         log(f"built and pushed {image.reference} in {time.perf_counter() - started:.1f} s: "
@@ -396,17 +413,36 @@ def main(argv: list[str] | None = None) -> int:
             f"{image.compressed_bytes / MB:.1f} MB compressed")
         shutil.rmtree(image.built.layout_dir)  # the registry has its own copy
         summary = summarize(run_rounds(image, args.rounds, scratch), image)
+        fs = filesystem(scratch)
+    machine = {**machine_info(), "filesystem": fs,
+               "loadavg_1min": {"before": round(load_before, 2),
+                                "after": round(os.getloadavg()[0], 2)}}
+    return {"benchmark": "cold image pull", "rounds": args.rounds, "machine": machine,
+            "image": image_info(image), "results": summary, "reference": REFERENCE,
+            "note": SKOPEO_NOTE}
 
-    print(f"\nCold pulls of a {image.compressed_bytes / MB:.1f} MB image "
-          f"({image.uncompressed_bytes / MB:.1f} MB unpacked, {len(image.layer_sizes)} layers, "
-          f"{image.files} files), {args.rounds} rounds, {os.cpu_count()} CPUs\n")
-    print(table(summary))
+
+def print_report(report: dict[str, object]) -> None:
+    image, machine = report["image"], report["machine"]
+    assert isinstance(image, dict) and isinstance(machine, dict)
+    print(f"\nCold pulls of a {image['compressed_bytes'] / MB:.1f} MB image "
+          f"({image['uncompressed_bytes'] / MB:.1f} MB unpacked, {image['layers']} layers, "
+          f"{image['files']} files), {report['rounds']} rounds, {machine['nproc']} CPUs, "
+          f"{machine['filesystem']}\n")
+    print(table(report["results"]))  # type: ignore[arg-type]
     print(f"\nNote: {SKOPEO_NOTE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log("warning: not root; ocid and kpod need root to chown unpacked files")
+    # SIGTERM unwinds like Ctrl-C, so the daemons, the registry and the temp dirs go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    report = measure(args)
+    print_report(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "benchmark": "cold image pull", "rounds": args.rounds, "machine": machine_info(),
-        "image": image_info(image), "results": summary, "reference": REFERENCE,
-        "note": SKOPEO_NOTE}, indent=2) + "\n")
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {args.output}")
     return 0
 
