@@ -439,8 +439,6 @@ def login(kpod: KpodContext, registry: str, username: str | None, password: str 
           password_stdin: bool, tls_verify: bool | None, authfile: str | None) -> None:
     """Log in to a registry: check the credentials, then store them in the auth file."""
     from ocid.image.auth import Credentials, store_credentials
-    from ocid.image.registry import RegistryClient
-
     _with_authfile(kpod, authfile)
     registry = registry.removeprefix("docker://").removeprefix("https://").removeprefix("http://").rstrip("/")
     if username is None:
@@ -451,8 +449,8 @@ def login(kpod: KpodContext, registry: str, username: str | None, password: str 
         password = click.prompt("Password", hide_input=True, err=True)
     registries, _ = kpod.images.config_files()
     insecure = registries.is_insecure(registry.split("/")[0]) if tls_verify is None else not tls_verify
-    with RegistryClient(registry.split("/")[0], insecure=insecure,
-                        credentials=(username, password)) as client:
+    with kpod.images.client_for(registry.split("/")[0], insecure=insecure,
+                                credentials=Credentials(username, password)) as client:
         client.ping()
     store_credentials(kpod.config.image.auth_file, registry, Credentials(username, password))
     click.echo("Login Succeeded!")

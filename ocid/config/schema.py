@@ -122,6 +122,10 @@ class ImageSection:
     auth_file: str = option("/run/containers/0/auth.json",
                             "auth.json with registry credentials (containers-auth.json).",
                             absolute=True)
+    certs_dirs: list[str] = option(
+        ["/etc/containers/certs.d", "/etc/docker/certs.d"],
+        "Per-registry TLS files: <dir>/<host:port>/*.crt are extra CAs, *.cert/*.key a client "
+        "certificate.")
     registries_conf_dir: str = option("/etc/containers/registries.conf.d",
                                       "Drop-in directory of registries.conf files, read in order.",
                                       absolute=True)

@@ -9,12 +9,16 @@ verification, fall back to http, and remember what worked.
 from __future__ import annotations
 
 import base64
+import glob
+import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import urljoin
@@ -22,10 +26,20 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from ocid.errors import (FailedPrecondition, InternalError, InvalidArgument, NotFound, OcidError,
-                         Unavailable)
-from ocid.image.manifest import (ALL_MANIFEST_TYPES, detect_media_type, sha256_digest,
-                                 validate_digest)
+from ocid.errors import (
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    OcidError,
+    Unavailable,
+)
+from ocid.image.manifest import (
+    ALL_MANIFEST_TYPES,
+    detect_media_type,
+    sha256_digest,
+    validate_digest,
+)
 from ocid.storage.digest import DigestMismatch, new_hash
 
 log = logging.getLogger(__name__)
@@ -126,13 +140,49 @@ def _backoff(attempt: int, response: requests.Response | None = None) -> float:
     return min(0.5 * 2 ** attempt, MAX_BACKOFF)
 
 
+DEFAULT_CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def tls_trust(host: str, certs_dirs: Sequence[str]) -> tuple[str, tuple[str, str] | None]:
+    """The CA bundle to verify ``host`` with, and its client certificate, as containers do.
+
+    The system's CAs, plus ``<dir>/<host>/*.crt`` of each certs dir; ``*.cert`` with the
+    matching ``*.key`` is the client certificate. requests takes one bundle file, so extra
+    CAs are joined with the system's into a file named by its content (written once).
+    """
+    system = next((p for p in SYSTEM_CA_BUNDLES if os.path.isfile(p)), requests.certs.where())
+    extra: list[str] = []
+    client: tuple[str, str] | None = None
+    for directory in certs_dirs:
+        for path in sorted(glob.glob(os.path.join(directory, host, "*"))):
+            if path.endswith(".crt"):
+                extra.append(path)
+            elif path.endswith(".cert") and client is None and os.path.isfile(path[:-5] + ".key"):
+                client = (path, path[:-5] + ".key")
+    if not extra:
+        return system, client
+    try:
+        content = b"".join(open(p, "rb").read().rstrip(b"\n") + b"\n" for p in [system, *extra])
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read CA certificates for {host}: {exc}") from exc
+    bundle = os.path.join(tempfile.gettempdir(),
+                          f"ocid-ca-{hashlib.sha256(content).hexdigest()[:24]}.pem")
+    if not os.path.exists(bundle):
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(bundle), delete=False) as tmp:
+            tmp.write(content)
+        os.replace(tmp.name, bundle)
+    return bundle, client
+
+
 class RegistryClient:
     """A client for one registry host; thread-safe, one connection pool."""
 
     def __init__(self, host: str, *, insecure: bool = False,
                  credentials: tuple[str, str] | None = None,
                  timeout: tuple[float, float] = (10, 60), retries: int = 3,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None,
+                 certs_dirs: Sequence[str] = DEFAULT_CERTS_DIRS):
         self.host = host
         self.api_host = DOCKER_HUB_API if host in DOCKER_HUB_HOSTS else host
         self.insecure = insecure
@@ -140,6 +190,9 @@ class RegistryClient:
         self.retries = max(0, retries)
         self._credentials = credentials
         self._session = session or requests.Session()
+        self._ca_bundle: str | bool = False
+        if not insecure:
+            self._ca_bundle, self._session.cert = tls_trust(self.api_host, certs_dirs)
         self._scheme: str | None = None
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, monotonic expiry)
@@ -165,8 +218,8 @@ class RegistryClient:
     # ---- connection, scheme and auth ------------------------------------------------------
 
     @property
-    def _verify(self) -> bool:
-        return not self.insecure
+    def _verify(self) -> str | bool:
+        return False if self.insecure else self._ca_bundle
 
     def _base(self) -> str:
         """``scheme://api-host``, pinging ``/v2/`` once to learn the scheme and challenge."""

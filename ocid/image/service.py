@@ -115,6 +115,7 @@ class ImageService:
             retries = 2
             read_timeout = max(1.0, stall / (retries + 1))
         return RegistryClient(host, insecure=insecure, retries=retries, timeout=(10.0, read_timeout),
+                              certs_dirs=self.config.image.certs_dirs,
                               credentials=(credentials.username, credentials.password)
                               if credentials else None)
 

@@ -390,3 +390,39 @@ def test_pull_draws_live_progress_on_a_terminal(ocid, registry, busybox_image, t
     assert layer in screen  # a bar per layer, labelled with its digest
     assert "MB" in screen or "kB" in screen  # bytes done / total
     assert busybox_image.config_digest.removeprefix("sha256:") in screen
+
+
+def test_tls_registry_trusted_through_certs_dir(start_ocid, workdir, tmp_path):
+    import warnings
+
+    from tests.support.registry import LocalRegistry
+    from tests.support.tls import make_test_ca
+
+    ca = make_test_ca(tmp_path / "ca")
+    certs = workdir / "certs.d"
+    containers = workdir / "containers"
+    daemon = start_ocid(config_text=(
+        "[ocid.image]\n"
+        f'certs_dirs = ["{certs}"]\n'
+        f'registries_conf = "{containers}/registries.conf"\n'
+        f'signature_policy = "{containers}/policy.json"\n'
+        f'auth_file = "{containers}/auth.json"\n'))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the readiness probe does not verify
+        tls_registry = LocalRegistry(tmp_path / "tls-registry",
+                                     tls=(ca.server_cert, ca.server_key)).start()
+    try:
+        built = build_layout(tmp_path / "layout", "latest", [busybox_layer()])
+        reference = f"{tls_registry.host}/secure/busybox:latest"
+        push_layout(built.layout_dir, reference)  # skopeo, with verification off
+
+        err = rpc_error(pull, daemon, reference)  # an unknown CA: refused, not downgraded
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert "TLS" in err.details() and tls_registry.host in err.details()
+
+        host_dir = certs / tls_registry.host
+        host_dir.mkdir(parents=True)
+        (host_dir / "ca.crt").write_bytes(ca.ca_cert.read_bytes())
+        assert pull(daemon, reference) == built.config_digest  # verified, not insecure
+    finally:
+        tls_registry.stop()

@@ -35,10 +35,12 @@ class LocalRegistry:
     """One ``docker-registry serve`` process with its own storage, optionally with htpasswd."""
 
     def __init__(self, workdir: Path | None = None, *,
-                 users: dict[str, str] | None = None):
+                 users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ocid-registry-"))
         self.users = dict(users or {})
+        self.tls = tls  # (certificate, key): serve HTTPS instead of plain HTTP
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -49,8 +51,8 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        """The base URL, ``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}"
+        """The base URL, ``http://127.0.0.1:PORT`` (https with ``tls``)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def log_path(self) -> Path:
@@ -76,6 +78,7 @@ class LocalRegistry:
             "  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: ocid-test-secret\n"
+            + (f"  tls:\n    certificate: {self.tls[0]}\n    key: {self.tls[1]}\n" if self.tls else "")
             + auth)
         return config
 
@@ -105,7 +108,7 @@ class LocalRegistry:
             if self.process.poll() is not None:
                 return False
             try:
-                status = requests.get(f"{self.url}/v2/", timeout=1).status_code
+                status = requests.get(f"{self.url}/v2/", timeout=1, verify=False).status_code
                 if status in (200, 401):
                     return True
             except requests.RequestException:
