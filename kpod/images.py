@@ -294,27 +294,21 @@ def history(kpod: KpodContext, image: str, no_trunc: bool, quiet: bool, output_f
 @pass_kpod
 def rmi(kpod: KpodContext, images_to_remove: tuple[str, ...], force: bool) -> None:
     """Remove images (or one of their names) from local storage."""
-    from ocid.errors import OcidError
+    from ocid.errors import NotFound, OcidError
 
     failures = 0
     for text in images_to_remove:
         try:
-            record = kpod.images.get(text)
-            by_name = kpod.images.matching_name(record, text)
-            if not by_name and len(record.names) > 1 and not force:
-                raise click.ClickException(
-                    f"image {text} has several names ({', '.join(record.names)}): name one, or use --force")
-            if by_name and len(record.names) > 1:
-                kpod.images.store.untag_image(by_name)
-                click.echo(f"Untagged: {by_name}")
-            else:
-                kpod.images.store.remove_image(record.id)
-                for name in record.names:
-                    click.echo(f"Untagged: {name}")
-                click.echo(f"Deleted: {record.id.removeprefix('sha256:')}")
-        except (OcidError, click.ClickException) as exc:
+            removal = kpod.images.remove(text, force=force)
+            if removal is None:
+                raise NotFound(f"image {text!r} not found")
+            for name in removal.untagged:
+                click.echo(f"Untagged: {name}")
+            if removal.deleted:
+                click.echo(f"Deleted: {removal.deleted.removeprefix('sha256:')}")
+        except OcidError as exc:
             failures += 1
-            click.echo(f"kpod: {exc.message if isinstance(exc, click.ClickException) else exc}", err=True)
+            click.echo(f"kpod: {exc}", err=True)
     if failures:
         raise click.exceptions.Exit(1)
 

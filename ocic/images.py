@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .cli import Settings, cli, pass_settings
+from .client import CriClient
 from .render import emit, message_to_dict
 
 output_option = click.option("--output", "-o", type=click.Choice(["text", "json", "yaml", "table"]),
@@ -51,7 +52,7 @@ def pull(settings: Settings, name: str, creds: str | None, auth: str | None, qui
     if credentials is not None:
         request.auth.CopyFrom(credentials)
     # Pulls can take long: the --timeout applies to each progress query, not to the pull.
-    pull_client = type(client)(client.endpoint, timeout=max(client.timeout, 3600))
+    pull_client = CriClient(client.endpoint, timeout=max(client.timeout, 3600))
     result: dict[str, Any] = {}
     done = threading.Event()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import click
 
@@ -70,7 +71,9 @@ def human_ago(timestamp: float, now: float | None = None) -> str:
     return "Less than a minute ago" if seconds >= 1 else "Now"
 
 
-def follow_pull_progress(snapshot, done, *, image_filter=None, interval: float = 0.2) -> None:
+def follow_pull_progress(snapshot: Callable[[], list[dict]], done: threading.Event, *,
+                         image_filter: Callable[[str], bool] | None = None,
+                         interval: float = 0.2) -> None:
     """Draw per-layer progress bars on stderr until ``done`` (a threading.Event) is set.
 
     ``snapshot()`` returns the pulls in flight as dicts (see ocid.image.progress); only TTYs

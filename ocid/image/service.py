@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ocid.config import Config
-from ocid.errors import InvalidArgument, NotFound, OcidError
+from ocid.errors import FailedPrecondition, InvalidArgument, NotFound, OcidError
 from ocid.image.auth import Credentials, default_auth_files, lookup_credentials
 from ocid.image.copy import copy_image
 from ocid.image.manifest import Platform
@@ -48,6 +48,14 @@ class RegistrySource:
     def iter_blob(self, digest: str, size: int | None) -> Iterator[bytes]:
         # Small chunks keep the live progress smooth; the store writes them as they come.
         return self.client.iter_blob(self.repository, digest, size, chunk_size=PROGRESS_CHUNK)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a removal did: the names it took away, and the image ID if the image went."""
+
+    untagged: list[str]
+    deleted: str | None
 
 
 class _ConfigFiles:
@@ -262,20 +270,26 @@ class ImageService:
             return [found] if found else []
         return self.store.list_images()
 
-    def remove(self, text: str) -> ImageRecord | None:
-        """Remove an image by ID, name or digest; an absent image is not an error (returns None).
+    def remove(self, text: str, *, force: bool = True) -> Removal | None:
+        """Remove an image by ID, name or digest; an absent image gives None, not an error.
 
-        Naming one of several tags removes only that tag, as podman and containerd do.
+        Naming one of several names removes only that name, as podman and containerd do.
+        An ID (or digest) of an image with several names removes it whole only with
+        ``force``: kpod rmi asks for -f, the CRI always forces.
         """
         record = self.find(text)
         if record is None:
             return None
         name = self.matching_name(record, text)
-        if name and len(record.names) > 1:
-            self.store.untag_image(name)
-            return record
+        if len(record.names) > 1:
+            if name:
+                self.store.untag_image(name)
+                return Removal(untagged=[name], deleted=None)
+            if not force:
+                raise FailedPrecondition(f"image {text} has several names "
+                                         f"({', '.join(record.names)}): name one, or force it")
         self.store.remove_image(record.id)
-        return record
+        return Removal(untagged=record.names, deleted=record.id)
 
     def matching_name(self, record: ImageRecord, text: str) -> str | None:
         """The name of ``record`` that ``text`` stands for, if ``text`` is a name of it."""

@@ -77,6 +77,24 @@ class _Closing:
         self.close()
 
 
+class _FileDestination(_Closing):
+    """What the layout and docker-archive writers share: blobs as files, one commit."""
+
+    label: str
+    _done: bool
+
+    def _blob_path(self, digest: str) -> str:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise FailedPrecondition(f"{self.label}: destination already committed or closed")
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob was already put."""
+        return os.path.isfile(self._blob_path(digest))
+
+
 # ---- references ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -625,7 +643,7 @@ class OciLayoutSource(_Closing):
 
 # ---- OCI layout: writing -----------------------------------------------------------------------
 
-class OciLayoutDestination(_Closing):
+class OciLayoutDestination(_FileDestination):
     """Adds images to an OCI layout directory, created if missing.
 
     A new layout is built in a hidden sibling directory and renamed into place at commit; an
@@ -666,14 +684,6 @@ class OciLayoutDestination(_Closing):
             os.mkdir(directory)
             if self._staging is None:
                 self._created.append(directory)
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise FailedPrecondition(f"{self.label}: destination already committed or closed")
-
-    def has_blob(self, digest: str) -> bool:
-        """Whether blobs/<alg>/<hex> exists."""
-        return os.path.isfile(self._blob_path(digest))
 
     def put_blob(self, digest: str, size: int, stream: BinaryIO) -> None:
         """Copy a blob into blobs/<alg>/<hex>, verifying digest and size."""
@@ -1105,7 +1115,7 @@ def _legacy_layers(config: dict, diff_ids: tuple[str, ...]) -> list[tuple[str, b
     return result
 
 
-class DockerArchiveDestination(_Closing):
+class DockerArchiveDestination(_FileDestination):
     """Writes a ``docker save`` tarball: ``<hex>.json`` configs, ``<v1 id>/layer.tar`` uncompressed
     layers (with legacy ``json`` and ``VERSION``), ``manifest.json`` and ``repositories``."""
 
@@ -1128,14 +1138,6 @@ class DockerArchiveDestination(_Closing):
     def _layer_path(self, diff_id: str) -> str:
         alg, hexpart = _split_digest(diff_id, self.label)
         return os.path.join(self._tmp, "layers", f"{alg}-{hexpart}.tar")
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise FailedPrecondition(f"{self.label}: destination already committed or closed")
-
-    def has_blob(self, digest: str) -> bool:
-        """Whether the blob was already put."""
-        return os.path.isfile(self._blob_path(digest))
 
     def put_blob(self, digest: str, size: int, stream: BinaryIO) -> None:
         """Stage a blob as given, verifying digest and size (layers are decompressed later)."""

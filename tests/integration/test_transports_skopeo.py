@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 
 import pytest
 
 from ocid.image import transports as tp
+from ocid.image.manifest import sha256_digest
 from ocid.image.transports import TransportRef, open_destination, open_source
+from tests.support.images import LayerSpec
 
 SKOPEO = shutil.which("skopeo")
 pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed")
 
 
 def sha(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    return sha256_digest(data)
 
 
 def layer_tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    return LayerSpec(files=files, compression="none").tar_bytes()
 
 
 def build_layout(root) -> tuple[str, list[str]]:

@@ -38,11 +38,6 @@ class PushedImage:
         """``127.0.0.1:PORT/library/busybox@sha256:...``."""
         return f"{self.registry.host}/{self.repository}@{self.manifest_digest}"
 
-    @property
-    def image_id(self) -> str:
-        """The config digest without ``sha256:``, as ocid reports image IDs."""
-        return self.config_digest.removeprefix("sha256:")
-
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:

@@ -160,11 +160,6 @@ class BuiltImage:
     layer_digests: tuple[str, ...]
     diff_ids: tuple[str, ...]
 
-    @property
-    def image_id(self) -> str:
-        """The image ID ocid reports: the config digest without ``sha256:``."""
-        return self.config_digest.removeprefix("sha256:")
-
 
 @dataclass(frozen=True)
 class BuiltIndex:

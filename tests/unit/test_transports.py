@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 import tempfile
 import threading
 from dataclasses import FrozenInstanceError, dataclass
@@ -460,20 +461,25 @@ def test_oci_destination_converts_docker_manifests(tmp_path):
 
 # ---- oci-archive -------------------------------------------------------------------------------
 
-def test_oci_archive_round_trip(tmp_path, private_tmpdir):
-    image = build_image(compressions=("gzip", "zstd", ""))
-    write_layout(tmp_path / "src", {"v1": image})
-    archive = tmp_path / "out" / "image.tar"
-    with open_source(TransportRef("oci", str(tmp_path / "src"), "v1")) as source:
-        destination = open_destination(TransportRef("oci-archive", str(archive), "named"))
+def copy_through(layout: Path, image: Built, dest: TransportRef) -> None:
+    """Copy image ``v1`` of ``layout`` to ``dest``; the archive must not exist before commit."""
+    with open_source(TransportRef("oci", str(layout), "v1")) as source:
+        destination = open_destination(dest)
         raw, media_type = source.get_manifest()
         for digest, data in image.blobs.items():
             with source.open_blob(digest) as f:
                 destination.put_blob(digest, len(data), f)
         destination.put_manifest(raw, media_type, [])
-        assert not archive.exists()
+        assert not os.path.exists(dest.path)
         destination.commit()
         destination.close()
+
+
+def test_oci_archive_round_trip(tmp_path, private_tmpdir):
+    image = build_image(compressions=("gzip", "zstd", ""))
+    write_layout(tmp_path / "src", {"v1": image})
+    archive = tmp_path / "out" / "image.tar"
+    copy_through(tmp_path / "src", image, TransportRef("oci-archive", str(archive), "named"))
     with tarfile.open(archive) as tar:
         assert tar.getnames()[:3] == ["oci-layout", "index.json", "blobs"]
     with open_source(TransportRef("oci-archive", str(archive), None)) as source:
@@ -731,16 +737,7 @@ def test_docker_archive_destination_writes_docker_save_format(tmp_path, private_
     image = build_image(compressions=("gzip", "zstd", ""))
     write_layout(tmp_path / "src", {"v1": image})
     archive = tmp_path / "d.tar"
-    with open_source(TransportRef("oci", str(tmp_path / "src"), "v1")) as source:
-        destination = open_destination(TransportRef("docker-archive", str(archive), "busybox"))
-        raw, media_type = source.get_manifest()
-        for digest, data in image.blobs.items():
-            with source.open_blob(digest) as f:
-                destination.put_blob(digest, len(data), f)
-        destination.put_manifest(raw, media_type, [])
-        assert not archive.exists()
-        destination.commit()
-        destination.close()
+    copy_through(tmp_path / "src", image, TransportRef("docker-archive", str(archive), "busybox"))
     assert os.listdir(private_tmpdir) == []
     with tarfile.open(archive) as tar:
         names = tar.getnames()
