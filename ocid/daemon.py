@@ -58,12 +58,20 @@ def claim_socket_path(path: str) -> None:
     os.unlink(path)
 
 
-def notify_systemd(message: str) -> None:
-    """sd_notify: tell the service manager (or a test) our state through $NOTIFY_SOCKET.
+def take_notify_socket() -> str | None:
+    """Remove $NOTIFY_SOCKET from our environment and return it.
+
+    It is ours alone: runc passes an inherited NOTIFY_SOCKET on to the container (and
+    fails when the path is long), as sd_notify's unset_environment flag also avoids.
+    """
+    return os.environ.pop("NOTIFY_SOCKET", None)
+
+
+def notify_systemd(message: str, address: str | None) -> None:
+    """sd_notify: tell the service manager (or a test) our state through its socket.
 
     Written by hand: it is one datagram, and the PyPI packages for it are unmaintained.
     """
-    address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
@@ -110,13 +118,21 @@ class Daemon:
     def run(self) -> None:
         """Serve until stopped. Raises OcidError when the daemon cannot start."""
         listen = self.config.api.listen
+        notify_address = take_notify_socket()
         self._lock_state()
         claim_socket_path(listen)
         self._prepare_dirs()
         from ocid.image.service import ImageService
+        from ocid.lifecycle.service import Lifecycle
+        from ocid.reaper import Reaper
 
+        # conmon processes re-parent to us, not to a slow init, and we reap them.
+        reaper = Reaper()
+        reaper.start()
         images = ImageService(self.config)
-        server = create_server(self.config, images)
+        lifecycle = Lifecycle(self.config, images)
+        lifecycle.start()
+        server = create_server(self.config, images, lifecycle)
         old_umask = os.umask(0o117)  # the socket is created 0660, never briefly wider
         try:
             bound = server.add_insecure_port(f"unix:{listen}")
@@ -131,13 +147,15 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
         log.info("ocid %s serving the CRI on %s", __version__, listen)
-        notify_systemd("READY=1")
+        notify_systemd("READY=1", notify_address)
         try:
             self._stop.wait()
         finally:
-            notify_systemd("STOPPING=1")
+            notify_systemd("STOPPING=1", notify_address)
             server.stop(STOP_GRACE_SECONDS).wait()
+            lifecycle.close()
             images.close()
+            reaper.stop()
             try:
                 os.unlink(listen)
             except FileNotFoundError:

@@ -140,6 +140,9 @@ class NetworkSection:
 
     network_dir: str = option("/etc/cni/net.d", "Directory of CNI network configurations.",
                               absolute=True)
+    netns_dir: str = option("/var/run/netns",
+                            "Where pods' persistent network namespaces are mounted "
+                            "(ip netns uses /var/run/netns).", absolute=True)
     plugin_dirs: list[str] = option(["/opt/cni/bin", "/usr/lib/cni"],
                                     "Directories searched for CNI plugin binaries, in order.")
 

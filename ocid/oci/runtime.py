@@ -274,6 +274,21 @@ class OciRuntime:
         except FileNotFoundError:
             pass
 
+    def list_ids(self) -> list[str]:
+        """IDs of every container in this runtime's root (restore finds leftovers with it)."""
+        if not os.path.isdir(self.paths.runtime_root):
+            return []
+        listed = json.loads(self._runc("list", "--format", "json").stdout or "null") or []
+        return [c["id"] for c in listed]
+
+    def supports_mount_option(self, option: str) -> bool:
+        """Whether ``runtime features`` lists a mount option (runc >= 1.1; crun lacks it)."""
+        try:
+            features = json.loads(self._runc("features", timeout=10).stdout)
+        except (OcidError, ValueError):
+            return False
+        return option in (features.get("mountOptions") or [])
+
     # -- state -----------------------------------------------------------------------------
 
     def _runc_state(self, container_id: str) -> dict:
@@ -436,6 +451,19 @@ def _read_line(sock: socket.socket, deadline: float) -> str | None:
             break
         buf += chunk
     return buf.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone.
+
+    Saved next to a PID so that a later PID reuse is never mistaken for our process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parens
+    return int(fields[19]) if fields[0] not in ("Z", "X") else None
 
 
 def _read_pid(path: str) -> int | None:

@@ -694,12 +694,16 @@ def validate(spec: dict[str, Any]) -> None:
 def build_sandbox_spec(pod_id: str, pod: PodSandboxConfig, pause_command: tuple[str, ...],
                        rootfs: str, host: HostInfo, options: SpecOptions = SpecOptions(),
                        security_context: SecurityContext = SecurityContext(),
+                       mounts: tuple[Mount, ...] = (),
                        ) -> tuple[dict[str, Any], list[str]]:
-    """The config.json of a pod's infra (pause) container, which creates the namespaces."""
+    """The config.json of a pod's infra (pause) container, which creates the namespaces.
+
+    ``mounts`` brings the pause executable in (it is bind-mounted from the host).
+    """
     sc = replace(security_context, namespace_options=pod.namespace_options)
     # -998 as in the kubelet, so the infra outlives its containers under OOM; clamped above.
     config = ContainerConfig(name="POD", command=pause_command, security_context=sc,
-                             resources=Resources(oom_score_adj=-998))
+                             mounts=mounts, resources=Resources(oom_score_adj=-998))
     # Only the network namespace (made by the CNI manager) exists beforehand.
     own = {k: v for k, v in pod.namespace_paths.items() if k == "network"}
     return build_container_spec(pod_id, config, replace(pod, namespace_paths=own), ImageConfig(),

@@ -2,7 +2,9 @@
 and UNIMPLEMENTED answers for the RPCs no handler serves yet.
 
 Handlers are plain objects whose methods are named after the RPCs they serve and take the
-request message alone; they raise ``ocid.errors`` exceptions and never touch gRPC.
+request message alone; they raise ``ocid.errors`` exceptions and never touch gRPC. A
+handler may also define ``<RPC>Abandoned(request, response)``, called when the RPC
+finished after its caller had given up.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
 
 
-def _wrap_unary(name: str, impl: Callable[[Any], Message]) -> Callable[..., Message]:
+def _wrap_unary(name: str, impl: Callable[[Any], Message],
+                abandoned: Callable[[Any, Any], None] | None = None) -> Callable[..., Message]:
     level = logging.DEBUG if _is_read_only(name) else logging.INFO
 
     def call(request: Message, context: grpc.ServicerContext) -> Message:
@@ -82,6 +85,11 @@ def _wrap_unary(name: str, impl: Callable[[Any], Message]) -> Callable[..., Mess
         except Exception as exc:  # noqa: BLE001 - every error is answered with a status
             _fail(context, name, exc)
             raise  # not reached: abort raises
+        if abandoned is not None and not context.is_active():
+            # The caller gave up (deadline, cancel) while we worked: the result would be
+            # lost, so the handler keeps it for the caller's retry.
+            log.info("%s finished after its caller gave up", name)
+            abandoned(request, response)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s response: %s", name, _brief(response))
         elif level == logging.INFO:
@@ -123,5 +131,7 @@ def instrument(service: ServiceDescriptor, handlers: Sequence[object]) -> Simple
         if method.server_streaming:
             methods[method.name] = _wrap_stream(method.name, impl)
         else:
-            methods[method.name] = _wrap_unary(method.name, impl)
+            abandoned = next((getattr(h, f"{method.name}Abandoned") for h in handlers
+                              if hasattr(h, f"{method.name}Abandoned")), None)
+            methods[method.name] = _wrap_unary(method.name, impl, abandoned)
     return SimpleNamespace(**methods)

@@ -18,6 +18,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2_grpc
 
+from tests.support.cleanup import sweep
+
 BIN = Path(sys.executable).parent
 OCID = str(BIN / "ocid")
 OCIC = str(BIN / "ocic")
@@ -86,7 +88,7 @@ def write_config(workdir: Path, text: str = "") -> Path:
     containers.mkdir(exist_ok=True)
     path = workdir / "ocid.conf"
     if "[ocid.network]" not in text:
-        text += f'\n[ocid.network]\nnetwork_dir = "{net}"\n'
+        text += f'\n[ocid.network]\nnetwork_dir = "{net}"\nnetns_dir = "{workdir / "netns"}"\n'
     if "[ocid.image]" not in text:
         text += ("\n[ocid.image]\n"
                  f'registries_conf = "{containers}/registries.conf"\n'
@@ -150,10 +152,25 @@ def start_ocid(workdir: Path) -> Iterator:
     yield start
     for daemon in started:
         if daemon.proc.poll() is None:
+            remove_all_pods(daemon)
             daemon.stop(signal.SIGKILL)
         else:
             daemon.stop()
         daemon.proc.communicate()
+        sweep(daemon.workdir)  # whatever the test left, even after a kill -9
+
+
+def remove_all_pods(daemon: OcidDaemon) -> None:
+    """Remove every pod (and so every container) through the CRI, best effort."""
+    from cri_api.v1 import api_pb2
+
+    try:
+        stub = daemon.runtime_stub()
+        for pod in stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items:
+            stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id),
+                                  timeout=60)
+    except grpc.RpcError:
+        pass
 
 
 @pytest.fixture

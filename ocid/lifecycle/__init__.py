@@ -1,0 +1,1 @@
+"""The pod and container lifecycle core: requests, records, managers (no protobuf here)."""

@@ -1,0 +1,388 @@
+"""Containers: create, start, stop, remove, status, list, ExecSync and log reopening.
+
+A container is a directory under ``container_dir/<id>`` holding its record and its
+bundle (config.json, conmon's pid files, FIFOs and exit/oom markers); its root file
+system is an overlay mount from the image store. conmon monitors it, so it outlives
+an ocid restart; its exit reaches us through conmon's exit file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+from inotify_simple import INotify
+from inotify_simple import flags as inotify_flags
+
+from ocid.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    OcidError,
+)
+from ocid.lifecycle.context import Context, fingerprint, new_id
+from ocid.lifecycle.persist import atomic_write
+from ocid.lifecycle.pods import SandboxManager
+from ocid.lifecycle.podspec import ContainerRequest, signal_number
+from ocid.lifecycle.records import (
+    CREATED,
+    CREATING,
+    EXITED,
+    READY,
+    RUNNING,
+    Container,
+    ContainerUser,
+    Sandbox,
+    matching_ids,
+    now_ns,
+)
+from ocid.oci import spec
+from ocid.oci.runtime import ExecResult
+
+log = logging.getLogger("ocid.lifecycle")
+
+REOPEN_WAIT = 5.0  # seconds ReopenContainerLog waits for conmon to make the new file
+
+
+def image_process_config(image_config: dict[str, Any]) -> spec.ImageConfig:
+    """The process-shaping parts of an OCI image config."""
+    c = image_config.get("config") or {}
+    return spec.ImageConfig(entrypoint=tuple(c.get("Entrypoint") or ()),
+                            cmd=tuple(c.get("Cmd") or ()), env=tuple(c.get("Env") or ()),
+                            working_dir=c.get("WorkingDir") or "", user=c.get("User") or "")
+
+
+class ContainerManager:
+    """Creates and drives containers inside pods."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.registry = ctx.registry
+        self.pods = SandboxManager(ctx, self.stop_all_in_pod, self.remove_all_in_pod)
+
+    def bundle(self, cid: str) -> str:
+        return self.ctx.containers.path(cid)
+
+    def _runtime(self, c: Container):  # type: ignore[no-untyped-def]
+        sb = self.registry.sandboxes.get(c.pod_id)
+        return self.ctx.runtime(sb.runtime_handler if sb else "")
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create(self, pod_text: str, req: ContainerRequest) -> str:
+        """Create a container in a ready pod; on any failure undo what was made."""
+        sb = self.registry.sandbox(pod_text)
+        cid = new_id()
+        name = self.kube_name(sb, req)
+        digest = fingerprint(sb.id, req)
+        with self.registry.locked(sb.id):
+            if sb.state != READY:
+                raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+            try:
+                self.registry.reserve(name, cid, "container")
+            except AlreadyExists:
+                retried = self._retry_answer(name, digest)
+                if retried:
+                    return retried
+                raise
+            c = Container(id=cid, pod_id=sb.id, request=req, created=now_ns(),
+                          fingerprint=digest)
+            self.registry.containers[cid] = c
+            lock = self.registry.locked(cid)
+            lock.__enter__()  # taken before the pod lock is released: stop waits for us
+        try:
+            self._create(sb, c, name)
+        except BaseException:
+            self.registry.containers.pop(cid, None)
+            self.registry.release(name, cid)
+            raise
+        finally:
+            lock.__exit__(None, None, None)
+        log.info("container %s (%s) created", cid, name)
+        return cid
+
+    @staticmethod
+    def kube_name(sb: Sandbox, req: ContainerRequest) -> str:
+        p = sb.request
+        return f"k8s_{req.name}_{p.name}_{p.namespace}_{p.uid}_{req.attempt}"
+
+    def _retry_answer(self, name: str, digest: str) -> str | None:
+        holder = self.registry.holder(name)
+        c = self.registry.containers.get(holder or "")
+        if c is None:
+            return None
+        with self.registry.locked(c.id):
+            if c.fingerprint == digest and not c.claimed and c.state != CREATING:
+                c.claimed = True
+                self.ctx.containers.save(c)
+                return c.id
+        return None
+
+    def abandoned(self, cid: str) -> None:
+        """The CreateContainer caller gave up: keep the container for its retry."""
+        c = self.registry.containers.get(cid)
+        if c is not None:
+            with self.registry.locked(cid):
+                c.claimed = False
+                self.ctx.containers.save(c)
+
+    def _create(self, sb: Sandbox, c: Container, name: str) -> None:
+        req = c.request
+        store = self.ctx.images.store
+        image = self.ctx.images.get(req.image)
+        c.image_id = c.image_ref = image.id
+        bundle = self.bundle(c.id)
+        runtime = self.ctx.runtime(sb.runtime_handler)
+        with contextlib.ExitStack() as undo:
+            os.makedirs(bundle, mode=0o700)
+            undo.callback(shutil.rmtree, bundle, ignore_errors=True)
+            self.ctx.containers.save(c)  # "creating": a restart rolls it back
+            store.create_container(c.id, name, image.id)
+            undo.callback(store.remove_container, c.id)
+            rootfs = store.mount_container(c.id)
+
+            image_config = image_process_config(image.config)
+            image_signal = (image.config.get("config") or {}).get("StopSignal") or ""
+            c.stop_signal = signal_number(req.stop_signal or image_signal) or signal.SIGTERM
+            config, notes = spec.build_container_spec(
+                c.id, req.spec, self.pods.container_pod_config(sb), image_config, rootfs,
+                self.ctx.host, self.ctx.spec_options(sb.runtime_handler))
+            for note in notes:
+                log.info("container %s: %s", c.id, note)
+            user = config["process"]["user"]
+            c.user = ContainerUser(user["uid"], user["gid"], tuple(user.get("additionalGids", ())))
+            atomic_write(os.path.join(bundle, "config.json"), json.dumps(config).encode())
+
+            c.log_path = self._log_path(sb, c)
+            try:
+                os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot make the log directory of {c.log_path}: "
+                                      f"{exc.strerror}") from exc
+            c.pid, _ = runtime.create(c.id, bundle, log_path=c.log_path, persist_dir=bundle,
+                                      name=name, terminal=req.tty, stdin=req.stdin,
+                                      stdin_once=req.stdin_once)
+            c.state = CREATED
+            self.ctx.containers.save(c)
+            undo.pop_all()
+
+    def _log_path(self, sb: Sandbox, c: Container) -> str:
+        """The pod's log_directory joined with the container's log_path (cri-o's rule)."""
+        log_dir = sb.request.log_directory or os.path.join(self.ctx.config.ocid.log_dir, sb.id)
+        relative = c.request.log_path or f"{c.id}.log"
+        path = os.path.normpath(os.path.join(log_dir, relative))
+        if ":" in path:  # conmon splits its -l value at colons
+            raise InvalidArgument(f"log path {path!r} must not contain ':'")
+        return path
+
+    # -- start, stop, remove ---------------------------------------------------------------
+
+    def start(self, text: str) -> None:
+        """Run a created container's process."""
+        c = self.registry.container(text)
+        with self.registry.locked(c.id):
+            if c.state != CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state}, not created")
+            try:
+                self._runtime(c).start(c.id)
+            except OcidError:
+                self._refresh(c)
+                raise
+            c.started = now_ns()
+            c.state = RUNNING
+            self.ctx.containers.save(c)
+        log.info("container %s started", c.id)
+
+    def stop(self, text: str, timeout: float) -> None:
+        """Stop signal, then SIGKILL once ``timeout`` ends; a stopped container is fine."""
+        if timeout < 0:
+            raise InvalidArgument(f"timeout {timeout} must not be negative")
+        c = self.registry.container(text)
+        with self.registry.locked(c.id):
+            self._stop(c, timeout)
+        log.info("container %s stopped", c.id)
+
+    def _stop(self, c: Container, timeout: float) -> None:
+        if c.state in (CREATED, RUNNING):
+            try:
+                self._runtime(c).stop(c.id, timeout, c.stop_signal)
+            except NotFound:
+                pass
+            self._refresh(c)
+
+    def _refresh(self, c: Container) -> None:
+        """Bring a created/running container's record in line with runc and conmon."""
+        if c.state not in (CREATED, RUNNING):
+            return
+        try:
+            st = self._runtime(c).state(c.id, self.bundle(c.id))
+        except NotFound:
+            self._mark_exited(c, 255, None, False, "the runtime has no record of the container")
+            return
+        if st.status == "stopped":
+            self._mark_exited(c, st.exit_code if st.exit_code is not None else 255,
+                              st.finished_at, st.oom_killed, "")
+        elif st.status in ("running", "paused") and c.state == CREATED:
+            c.state = RUNNING
+            c.started = c.started or now_ns()
+            self.ctx.containers.save(c)
+
+    def _mark_exited(self, c: Container, code: int, finished: float | None, oom: bool,
+                     message: str) -> None:
+        c.state = EXITED
+        c.exit_code = code
+        c.finished = int(finished * 1e9) if finished else now_ns()
+        c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+        c.message = message
+        c.pid = 0
+        self.ctx.containers.save(c)
+        log.info("container %s exited with %d (%s)", c.id, code, c.reason)
+
+    def remove(self, text: str) -> None:
+        """Kill if needed and remove a container; an unknown container is not an error."""
+        try:
+            c = self.registry.container(text)
+        except NotFound:
+            return
+        with self.registry.locked(c.id):
+            if c.id in self.registry.containers:
+                self._stop(c, 0)
+                self._discard(c)
+        log.info("container %s removed", c.id)
+
+    def _discard(self, c: Container) -> None:
+        """Delete a container everywhere (also rolls back a half-made one)."""
+        self._runtime(c).delete(c.id)
+        self.ctx.images.store.remove_container(c.id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.ctx.attach_dir, c.id))
+        try:
+            shutil.rmtree(self.bundle(c.id))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise InternalError(f"cannot delete container {c.id}: {exc.strerror}") from exc
+        self.registry.containers.pop(c.id, None)
+        sb = self.registry.sandboxes.get(c.pod_id)
+        if sb is not None:
+            self.registry.release(self.kube_name(sb, c.request), c.id)
+        self.registry.forget_lock(c.id)
+
+    def stop_all_in_pod(self, pod_id: str) -> None:
+        """StopPodSandbox's first step: kill every container of the pod (as containerd)."""
+        for c in self.registry.containers_of(pod_id):
+            with self.registry.locked(c.id):
+                self._stop(c, 0)
+
+    def remove_all_in_pod(self, pod_id: str) -> None:
+        for c in self.registry.containers_of(pod_id):
+            with self.registry.locked(c.id):
+                if c.id in self.registry.containers:
+                    self._stop(c, 0)
+                    self._discard(c)
+
+    # -- exec and logs ---------------------------------------------------------------------
+
+    def _running(self, text: str) -> Container:
+        c = self.registry.container(text)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running ({c.state})")
+        return c
+
+    def exec_sync(self, text: str, command: list[str], timeout: float) -> ExecResult:
+        """Run a command in a running container; a timeout is a result, not an error."""
+        if not command:
+            raise InvalidArgument("no command given to run in the container")
+        if timeout < 0:
+            raise InvalidArgument(f"timeout {timeout} must not be negative")
+        c = self._running(text)
+        return self._runtime(c).exec_sync(c.id, self.bundle(c.id), command, timeout or None)
+
+    def reopen_log(self, text: str) -> None:
+        """Make conmon reopen the log file (after the kubelet rotated it); wait for it."""
+        c = self._running(text)
+        directory, name = os.path.split(c.log_path)
+        with INotify() as watch:
+            watch.add_watch(directory, inotify_flags.CREATE | inotify_flags.MOVED_TO)
+            self._runtime(c).reopen_log(self.bundle(c.id))
+            deadline = time.monotonic() + REOPEN_WAIT
+            while not os.path.exists(c.log_path):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise InternalError(f"container {c.id}: conmon did not reopen {c.log_path}")
+                for event in watch.read(timeout=int(left * 1000)):
+                    if event.name == name:
+                        return
+
+    # -- exits and restore -----------------------------------------------------------------
+
+    def on_exit(self, object_id: str) -> None:
+        """conmon wrote an exit file: update the container (or the pod, for an infra)."""
+        if object_id in self.registry.sandboxes:
+            self.pods.infra_exited(object_id)
+        c = self.registry.containers.get(object_id)
+        if c is not None:
+            with self.registry.locked(c.id):
+                self._refresh(c)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.ctx.exits_dir, object_id))
+
+    def restore(self, c: Container) -> None:
+        """Take a container record found at start, reconciled with the runtime."""
+        sb = self.registry.sandboxes.get(c.pod_id)
+        if c.state == CREATING or sb is None:
+            why = "was being created when ocid stopped" if sb else "has no pod"
+            log.warning("container %s %s; removing it", c.id, why)
+            self.registry.containers[c.id] = c
+            try:
+                self._stop(c, 0)
+            finally:
+                self._discard(c)
+            return
+        self.registry.containers[c.id] = c
+        self.registry.reserve(self.kube_name(sb, c.request), c.id, "container")
+        self._refresh(c)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def get(self, text: str) -> Container:
+        return self.registry.container(text)
+
+    def list(self, id_prefix: str = "", pod_prefix: str = "", state: str | None = None,
+             labels: dict[str, str] | None = None) -> list[Container]:
+        """Containers matching every filter given, oldest first."""
+        table = self.registry.containers
+        ids = matching_ids(table, id_prefix) if id_prefix else list(table)
+        pods = set(matching_ids(self.registry.sandboxes, pod_prefix)) if pod_prefix else None
+        found = []
+        for cid in ids:
+            c = table.get(cid)
+            if c is None or c.state == CREATING:
+                continue
+            if pods is not None and c.pod_id not in pods:
+                continue
+            if state is not None and c.state != state:
+                continue
+            if labels and any(c.request.labels.get(k) != v for k, v in labels.items()):
+                continue
+            found.append(c)
+        return sorted(found, key=lambda c: c.created)
+
+    def verbose_info(self, c: Container) -> dict:
+        """Details for ContainerStatus(verbose): the runtime's view and the spec."""
+        try:
+            with open(os.path.join(self.bundle(c.id), "config.json")) as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            config = None
+        return {"id": c.id, "sandboxID": c.pod_id, "pid": c.pid, "bundle": self.bundle(c.id),
+                "runtimeSpec": config, "stopSignal": signal.Signals(c.stop_signal).name
+                if c.stop_signal in signal.Signals._value2member_map_ else c.stop_signal}

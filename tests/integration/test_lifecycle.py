@@ -1,0 +1,403 @@
+"""Pods and containers through the CRI RuntimeService, on real conmon, runc and catatonit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.test_images import insecure, write_registries
+from tests.support.cleanup import leftovers
+from tests.support.cri import Cri, container_config, pod_config, wait_for
+
+SLEEP = ["sleep", "3600"]
+
+
+@pytest.fixture
+def cri(start_ocid, registry, busybox_image) -> Cri:
+    """An ocid with the busybox test image pulled."""
+    daemon = start_ocid()
+    write_registries(daemon, insecure(registry.host))
+    client = Cri(daemon)
+    client.image = busybox_image.reference  # type: ignore[attr-defined]
+    client.image_id = client.pull(busybox_image.reference)  # type: ignore[attr-defined]
+    return client
+
+
+def _log_dir(cri: Cri) -> str:
+    return str(cri.daemon.workdir / "logs")
+
+
+def _pod(cri: Cri, **kwargs) -> tuple[str, api_pb2.PodSandboxConfig]:
+    config = pod_config(log_dir=_log_dir(cri), **kwargs)
+    return cri.run_pod(config), config
+
+
+def _code(exc: pytest.ExceptionInfo) -> grpc.StatusCode:
+    return exc.value.code()
+
+
+def _ocid_children_states(daemon) -> list[str]:
+    states = []
+    for task in Path(f"/proc/{daemon.proc.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                states.append(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+    return states
+
+
+def test_container_lifecycle_with_status_at_each_step(cri):
+    pod_id, pod = _pod(cri, labels={"app": "demo"})
+    status = cri.pod_status(pod_id)
+    assert status.state == api_pb2.SANDBOX_READY
+    assert status.metadata.name == pod.metadata.name and status.labels == {"app": "demo"}
+    assert status.linux.namespaces.options.pid == api_pb2.CONTAINER
+
+    cid = cri.create(pod_id, container_config(cri.image, SLEEP, labels={"tier": "x"}))
+    s = cri.status(cid)
+    assert s.state == api_pb2.CONTAINER_CREATED and s.created_at > 0 and s.started_at == 0
+    assert s.image_id == cri.image_id == s.image_ref and s.image.image == cri.image
+    assert [c.id for c in cri.containers(state=api_pb2.CONTAINER_CREATED)] == [cid]
+
+    cri.start(cid)
+    s = cri.status(cid)
+    assert s.state == api_pb2.CONTAINER_RUNNING and s.started_at >= s.created_at
+    assert s.log_path == os.path.join(_log_dir(cri), f"{s.metadata.name}.log")
+    assert s.user.linux.uid == 0 and s.labels == {"tier": "x"}
+    assert cri.exec(cid, "echo", "hi").stdout == b"hi\n"
+
+    started = time.monotonic()
+    cri.stop(cid, timeout=1)  # sleep as PID 1 ignores SIGTERM: SIGKILL after 1 s
+    assert time.monotonic() - started < 5
+    s = cri.status(cid)
+    assert s.state == api_pb2.CONTAINER_EXITED and s.exit_code == 137 and s.reason == "Error"
+    assert s.finished_at >= s.started_at
+    cri.stop(cid)  # stopping a stopped container succeeds
+
+    cri.remove(cid)
+    assert cri.containers() == []
+    cri.remove(cid)  # an absent container: success
+    with pytest.raises(grpc.RpcError) as err:
+        cri.status(cid)
+    assert _code(err) == grpc.StatusCode.NOT_FOUND
+
+    cri.stop_pod(pod_id)
+    assert cri.pod_status(pod_id).state == api_pb2.SANDBOX_NOTREADY
+    cri.stop_pod(pod_id)
+    cri.remove_pod(pod_id)
+    cri.remove_pod(pod_id)
+    assert cri.pods() == []
+    assert leftovers(cri.daemon.workdir, cri.daemon.proc.pid) == {"processes": [], "mounts": [], "runtime": [],
+                                             "cgroups": []}
+    assert "Z" not in _ocid_children_states(cri.daemon)
+
+
+def test_pod_name_is_reserved_until_removed(cri):
+    pod_id, config = _pod(cri)
+    with pytest.raises(grpc.RpcError) as err:
+        cri.run_pod(config)
+    assert _code(err) == grpc.StatusCode.ALREADY_EXISTS and pod_id in err.value.details()
+    cri.remove_pod(pod_id)
+    again = cri.run_pod(config)
+    assert again != pod_id
+
+
+def test_remove_pod_with_running_containers_leaves_nothing(cri):
+    pod_id, _ = _pod(cri)
+    cids = [cri.run(pod_id, container_config(cri.image, SLEEP)) for _ in range(2)]
+    cri.remove_pod(pod_id)
+    assert cri.pods() == [] and cri.containers() == []
+    for cid in cids:
+        assert not (cri.daemon.workdir / "root" / "containers" / cid).exists()
+    assert leftovers(cri.daemon.workdir, cri.daemon.proc.pid) == {"processes": [], "mounts": [], "runtime": [],
+                                             "cgroups": []}
+
+
+def test_exit_code_reason_and_cri_log(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(
+        cri.image, ["sh", "-c", "echo out; echo err >&2; echo -n part; exit 3"]))
+    s = cri.wait_exited(cid)
+    assert (s.exit_code, s.reason) == (3, "Error")
+    lines = Path(s.log_path).read_text().splitlines()
+    streams = sorted((line.split(" ", 3)[1], line.split(" ", 3)[2], line.split(" ", 3)[3])
+                     for line in lines)
+    assert ("stdout", "F", "out") in streams and ("stderr", "F", "err") in streams
+    assert ("stdout", "P", "part") in streams
+    # RFC 3339 with nanoseconds and a numeric offset, as conmon writes it.
+    assert len(lines[0].split(" ")[0]) == len("2026-11-29T04:55:11.615741483+00:00")
+
+    ok = cri.run(pod_id, container_config(cri.image, ["true"]))
+    assert cri.wait_exited(ok).reason == "Completed"
+
+
+def test_oom_kill_is_reported(cri):
+    pod_id, _ = _pod(cri)
+    config = container_config(cri.image, ["sh", "-c", "a=aaaaaaaa; while true; do a=$a$a; done"])
+    config.linux.resources.memory_limit_in_bytes = 16 * 1024 * 1024
+    cid = cri.run(pod_id, config)
+    s = cri.wait_exited(cid, within=60)
+    assert s.reason == "OOMKilled" and s.exit_code == 137
+
+
+def test_exec_sync_output_exit_code_and_timeout(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))
+    r = cri.exec(cid, "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 5)
+    started = time.monotonic()
+    r = cri.exec(cid, "sh", "-c", "trap '' TERM; sleep 30", timeout=1)
+    assert time.monotonic() - started < 3
+    assert r.exit_code == -1 and b"timed out" in r.stderr
+    with pytest.raises(grpc.RpcError) as err:
+        cri.exec(cid)
+    assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_filters(cri):
+    pod_a, _ = _pod(cri, labels={"team": "a"})
+    pod_b, _ = _pod(cri, labels={"team": "b"})
+    a1 = cri.run(pod_a, container_config(cri.image, SLEEP, labels={"role": "web"}))
+    a2 = cri.create(pod_a, container_config(cri.image, SLEEP, labels={"role": "db"}))
+    b1 = cri.run(pod_b, container_config(cri.image, SLEEP, labels={"role": "web"}))
+
+    assert {c.id for c in cri.containers()} == {a1, a2, b1}
+    assert {c.id for c in cri.containers(pod_sandbox_id=pod_a)} == {a1, a2}
+    assert [c.id for c in cri.containers(id=a2[:12])] == [a2]
+    assert {c.id for c in cri.containers(state=api_pb2.CONTAINER_RUNNING)} == {a1, b1}
+    assert {c.id for c in cri.containers(label_selector={"role": "web"})} == {a1, b1}
+    assert [c.id for c in cri.containers(label_selector={"role": "web"},
+                                         pod_sandbox_id=pod_b)] == [b1]
+    assert [p.id for p in cri.pods(label_selector={"team": "b"})] == [pod_b]
+    assert [p.id for p in cri.pods(id=pod_a[:10])] == [pod_a]
+    cri.stop_pod(pod_b)
+    assert [p.id for p in cri.pods(state=api_pb2.SANDBOX_READY)] == [pod_a]
+    assert [p.id for p in cri.pods(state=api_pb2.SANDBOX_NOTREADY)] == [pod_b]
+    assert cri.status(b1).state == api_pb2.CONTAINER_EXITED
+
+
+def test_user_and_group_resolution(cri):
+    pod_id, _ = _pod(cri)
+    config = container_config(cri.image, SLEEP)
+    config.linux.security_context.run_as_username = "tester"
+    config.linux.security_context.supplemental_groups.append(3000)
+    cid = cri.run(pod_id, config)
+    user = cri.status(cid).user.linux
+    assert (user.uid, user.gid) == (1000, 1000)
+    assert set(user.supplemental_groups) == {2000, 3000}
+    out = cri.exec(cid, "id").stdout.decode()
+    assert "uid=1000(tester) gid=1000(testers)" in out and "2000(extra)" in out and "3000" in out
+
+    strict = container_config(cri.image, SLEEP)
+    strict.linux.security_context.run_as_user.value = 1000
+    strict.linux.security_context.run_as_group.value = 4000
+    strict.linux.security_context.supplemental_groups_policy = api_pb2.Strict
+    out = cri.exec(cri.run(pod_id, strict), "id").stdout.decode()
+    assert "uid=1000(tester) gid=4000" in out and "2000" not in out
+
+    missing = container_config(cri.image, SLEEP)
+    missing.linux.security_context.run_as_username = "nobody-here"
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create(pod_id, missing)
+    assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "nobody-here" in err.value.details()
+
+
+def test_readonly_rootfs_and_resources_in_cgroup(cri):
+    pod_id, _ = _pod(cri)
+    config = container_config(cri.image, SLEEP)
+    config.linux.security_context.readonly_rootfs = True
+    config.linux.resources.memory_limit_in_bytes = 64 * 1024 * 1024
+    config.linux.resources.cpu_shares = 512
+    config.linux.resources.cpu_quota = 50000
+    config.linux.resources.cpu_period = 100000
+    cid = cri.run(pod_id, config)
+    r = cri.exec(cid, "sh", "-c", "echo x > /file")
+    assert r.exit_code != 0 and b"Read-only" in r.stderr
+    assert cri.exec(cid, "sh", "-c", "echo x > /dev/shm/ok").exit_code == 0
+
+    spec = json.loads(cri.status(cid, verbose=True) and cri.call(
+        "ContainerStatus", api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+    ).info["info"])["runtimeSpec"]
+    cgroup = spec["linux"]["cgroupsPath"].lstrip("/")
+    memory = Path("/sys/fs/cgroup/memory", cgroup, "memory.limit_in_bytes")
+    if not memory.exists():  # cgroup v2
+        memory = Path("/sys/fs/cgroup", cgroup, "memory.max")
+    assert int(memory.read_text()) == 64 * 1024 * 1024
+    shares = Path("/sys/fs/cgroup/cpu,cpuacct", cgroup, "cpu.shares")
+    if shares.exists():
+        assert int(shares.read_text()) == 512
+        assert int(Path(shares.parent, "cpu.cfs_quota_us").read_text()) == 50000
+    status_res = cri.status(cid).resources.linux
+    assert status_res.memory_limit_in_bytes == 64 * 1024 * 1024 and status_res.cpu_shares == 512
+
+
+def test_sysctls_hostname_dns_and_shared_shm(cri):
+    config = pod_config(log_dir=_log_dir(cri), sysctls={"kernel.shm_rmid_forced": "1",
+                                                         "net.ipv4.ip_forward": "1"})
+    config.annotations["security.alpha.kubernetes.io/sysctls"] = "kernel.msgmax=12345"
+    config.dns_config.servers.append("10.0.0.10")
+    config.dns_config.searches.append("svc.cluster.local")
+    config.dns_config.options.append("ndots:5")
+    pod_id = cri.run_pod(config)
+    one = cri.run(pod_id, container_config(cri.image, SLEEP))
+    two = cri.run(pod_id, container_config(cri.image, SLEEP))
+
+    assert cri.exec(one, "sysctl", "kernel.shm_rmid_forced").stdout.strip().endswith(b"= 1")
+    assert cri.exec(one, "sysctl", "net.ipv4.ip_forward").stdout.strip().endswith(b"= 1")
+    assert cri.exec(one, "sysctl", "kernel.msgmax").stdout.strip().endswith(b"= 12345")
+    assert cri.exec(one, "cat", "/etc/hostname").stdout.strip() == config.hostname.encode()
+    resolv = cri.exec(one, "cat", "/etc/resolv.conf").stdout.decode()
+    assert "nameserver 10.0.0.10" in resolv and "search svc.cluster.local" in resolv
+    assert "options ndots:5" in resolv
+    assert b"localhost" in cri.exec(one, "cat", "/etc/hosts").stdout
+    cri.exec(one, "sh", "-c", "echo shared > /dev/shm/x")
+    assert cri.exec(two, "cat", "/dev/shm/x").stdout == b"shared\n"
+    # Same UTS and IPC namespaces as the infra container; a network namespace of the pod.
+    assert cri.exec(two, "cat", "/proc/sys/kernel/hostname").stdout.strip() == \
+        config.hostname.encode()
+
+
+def test_pod_level_pid_namespace_shows_the_pause_process(cri):
+    pod_id, _ = _pod(cri, security_context=api_pb2.LinuxSandboxSecurityContext(
+        namespace_options=api_pb2.NamespaceOption(pid=api_pb2.POD)))
+    config = container_config(cri.image, SLEEP)
+    config.linux.security_context.namespace_options.pid = api_pb2.POD
+    cid = cri.run(pod_id, config)
+    assert cri.exec(cid, "cat", "/proc/1/cmdline").stdout.split(b"\0")[0] == b"/pause"
+
+
+def test_reopen_container_log(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(
+        cri.image, ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]))
+    path = Path(cri.status(cid).log_path)
+    wait_for(lambda: path.read_text() if path.exists() else "", lambda t: "tick" in t)
+    path.rename(f"{path}.1")
+    cri.call("ReopenContainerLog", api_pb2.ReopenContainerLogRequest(container_id=cid))
+    assert path.exists()
+    wait_for(lambda: path.read_text(), lambda t: "stdout F tick" in t)
+
+
+def test_restart_keeps_pods_and_containers(cri, start_ocid):
+    pod_id, _ = _pod(cri)
+    running = cri.run(pod_id, container_config(cri.image, SLEEP))
+    exited = cri.run(pod_id, container_config(cri.image, ["sh", "-c", "exit 4"]))
+    cri.wait_exited(exited)
+    before = (cri.pods(), cri.containers(), cri.pod_status(pod_id), cri.status(running),
+              cri.status(exited))
+    daemon = cri.daemon
+    assert daemon.stop() == 0
+    again = Cri(start_ocid(subdir=""))  # the same workdir, root and socket
+    after = (again.pods(), again.containers(), again.pod_status(pod_id), again.status(running),
+             again.status(exited))
+    assert after == before
+    assert again.exec(running, "echo", "still here").stdout == b"still here\n"
+    again.stop(running)
+    assert again.status(running).state == api_pb2.CONTAINER_EXITED
+
+
+def test_kill_9_while_containers_run(cri, start_ocid):
+    pod_id, _ = _pod(cri)
+    keeps = cri.run(pod_id, container_config(cri.image, SLEEP))
+    ends = cri.run(pod_id, container_config(
+        cri.image, ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7"]))
+    cri.daemon.proc.send_signal(signal.SIGKILL)
+    cri.daemon.proc.wait()
+    # The container ends while ocid is down: conmon records the exit on its own.
+    exits = cri.daemon.workdir / "run" / "exits"
+    bundle = cri.daemon.workdir / "root" / "containers" / ends
+    # Let it finish by making the file it waits for, through its own root file system.
+    rootfs = cri.daemon.workdir / "root" / "storage"
+    matches = list(rootfs.glob(f"**/{ends}/merged/tmp"))
+    assert matches, "container root file system not found"
+    (matches[0] / "go").write_text("")
+    wait_for(lambda: (exits / ends).exists() or (bundle / "exit").exists(), bool)
+
+    again = Cri(start_ocid(subdir=""))
+    s = again.status(ends)
+    assert s.state == api_pb2.CONTAINER_EXITED and s.exit_code == 7
+    assert again.status(keeps).state == api_pb2.CONTAINER_RUNNING
+    assert again.exec(keeps, "true").exit_code == 0
+    assert again.pod_status(pod_id).state == api_pb2.SANDBOX_READY
+    again.remove_pod(pod_id)
+    assert leftovers(cri.daemon.workdir, again.daemon.proc.pid)["processes"] == []
+
+
+def test_abandoned_run_pod_sandbox_goes_to_the_retry(cri):
+    config = pod_config(log_dir=_log_dir(cri))
+    with pytest.raises(grpc.RpcError) as err:
+        cri.call("RunPodSandbox", api_pb2.RunPodSandboxRequest(config=config), timeout=0.05)
+    assert _code(err) == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The retry gets the pod the first request made (once that one finished) ...
+    pod_id = wait_for(lambda: _try_run(cri, config), lambda r: isinstance(r, str))
+    assert [p.id for p in cri.pods()] == [pod_id]
+    assert "finished after its caller gave up" in cri.daemon.log
+    assert f"pod {pod_id} handed to a retry" in cri.daemon.log
+    # ... and only once: a further identical request is a duplicate.
+    with pytest.raises(grpc.RpcError) as err:
+        cri.run_pod(config)
+    assert _code(err) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def _try_run(cri: Cri, config) -> str | None:
+    try:
+        return cri.run_pod(config)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+        return None
+
+
+def test_bad_requests_get_clear_errors(cri):
+    with pytest.raises(grpc.RpcError) as err:
+        cri.run_pod(api_pb2.PodSandboxConfig())
+    assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT and "name" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create("f" * 64, container_config(cri.image, SLEEP))
+    assert _code(err) == grpc.StatusCode.NOT_FOUND
+    pod_id, _ = _pod(cri)
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create(pod_id, container_config("never-pulled/image:1", SLEEP))
+    assert _code(err) == grpc.StatusCode.NOT_FOUND and "never-pulled" in err.value.details()
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))
+    with pytest.raises(grpc.RpcError) as err:
+        cri.start(cid)
+    assert _code(err) == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        cri.run_pod(pod_config(), handler="no-such-runtime")
+    assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT
+    # A failed create leaves no name behind: the same container name works afterwards.
+    named = container_config("never-pulled/image:1", SLEEP, name="again")
+    with pytest.raises(grpc.RpcError):
+        cri.create(pod_id, named)
+    named.image.image = cri.image
+    assert cri.create(pod_id, named)
+
+
+def test_parallel_pods(cri):
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            pod_id, _ = _pod(cri)
+            cri.run(pod_id, container_config(cri.image, SLEEP))
+            results.append(pod_id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 4
+    assert len(cri.containers(state=api_pb2.CONTAINER_RUNNING)) == 4
