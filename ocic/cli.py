@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Command groups register themselves on the group (one module per group).
-from . import images  # noqa: E402, F401
+from . import containers, images, pods  # noqa: E402, F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

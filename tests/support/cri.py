@@ -23,6 +23,8 @@ def pod_config(name: str = "", *, namespace: str = "default", log_dir: str = "",
     for key, value in linux.items():
         if isinstance(value, dict):
             getattr(config.linux, key).update(value)
+        elif isinstance(value, str):
+            setattr(config.linux, key, value)
         else:
             getattr(config.linux, key).CopyFrom(value)
     return config

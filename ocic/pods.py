@@ -1,0 +1,141 @@
+"""``ocic pod``: run, stop, remove, inspect and list pod sandboxes through the CRI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .cli import Settings, cli, pass_settings
+from .client import CriClient
+from .render import emit, message_to_dict, pod_text, pods_table, status_payload, text_output_option
+
+POD_STATES = {"ready": "SANDBOX_READY", "notready": "SANDBOX_NOTREADY"}
+# The kubelet's default --runtime-request-timeout: what starting or stopping things may take.
+RUNTIME_REQUEST_TIMEOUT = 120.0
+
+
+def slow_client(settings: Settings, seconds: float = RUNTIME_REQUEST_TIMEOUT) -> CriClient:
+    """A client for calls that run processes (network setup, conmon, runc): at least ``seconds``."""
+    return CriClient(settings.connect, max(settings.timeout, seconds))
+
+
+def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", ctx=ctx, param=param)
+        pairs[key] = value
+    return pairs
+
+
+def label_option(help_text: str) -> Callable[[Any], Any]:
+    """A repeatable ``--label key=value`` option that arrives as a dict."""
+    return click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+                        callback=_key_values, help=help_text)
+
+
+config_file = click.Path(exists=True, dir_okay=False)
+
+
+@cli.group()
+def pod() -> None:
+    """Run, stop, remove, inspect and list pod sandboxes."""
+
+
+@pod.command("create")
+@click.option("--config", "config_path", required=True, type=config_file, metavar="FILE",
+              help="A PodSandboxConfig as JSON or YAML (see testdata/).")
+@click.option("--name", help="The pod's name, instead of metadata.name in the file.")
+@label_option("Add a key=value label to the pod (repeatable).")
+@click.option("--runtime-handler", default="", metavar="HANDLER",
+              help="The runtime handler to run the pod with; default: the daemon's default.")
+@pass_settings
+def create(settings: Settings, config_path: str, name: str | None, labels: dict[str, str],
+           runtime_handler: str) -> None:
+    """Create and start a pod sandbox from a config file; print its ID."""
+    from cri_api.v1 import api_pb2
+
+    from .configfile import load_pod_config
+
+    config = load_pod_config(config_path)
+    if name:
+        config.metadata.name = name
+    config.labels.update(labels)
+    request = api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
+    response = slow_client(settings).runtime("RunPodSandbox", request)
+    click.echo(response.pod_sandbox_id)
+
+
+@pod.command("stop")
+@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@pass_settings
+def stop(settings: Settings, pod_id: str) -> None:
+    """Stop a pod's containers and release its network; print its ID."""
+    from cri_api.v1 import api_pb2
+
+    slow_client(settings).runtime("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    click.echo(pod_id)
+
+
+@pod.command("remove")
+@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@pass_settings
+def remove(settings: Settings, pod_id: str) -> None:
+    """Remove a pod and its containers; print its ID."""
+    from cri_api.v1 import api_pb2
+
+    slow_client(settings).runtime("RemovePodSandbox",
+                                  api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    click.echo(pod_id)
+
+
+@pod.command("status")
+@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@text_output_option
+@pass_settings
+def status(settings: Settings, pod_id: str, output: str) -> None:
+    """Show one pod's state, IP address, labels and annotations."""
+    from cri_api.v1 import api_pb2
+
+    response = settings.client().runtime("PodSandboxStatus",
+                                         api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+    if output in ("json", "yaml"):
+        emit(status_payload(response), output)
+    elif output == "table":
+        click.echo(pods_table([response.status]))
+    else:
+        click.echo(pod_text(response.status))
+
+
+@pod.command("list")
+@click.option("--id", "pod_id", metavar="POD", help="Only the pod with this ID (or ID prefix).")
+@click.option("--state", type=click.Choice(sorted(POD_STATES)), help="Only pods in this state.")
+@label_option("Only pods with this key=value label (repeatable; all must match).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only pod IDs.")
+@text_output_option
+@pass_settings
+def list_pods(settings: Settings, pod_id: str | None, state: str | None, labels: dict[str, str],
+              quiet: bool, output: str) -> None:
+    """List pod sandboxes."""
+    from cri_api.v1 import api_pb2
+
+    request = api_pb2.ListPodSandboxRequest()
+    request.filter.SetInParent()
+    if pod_id:
+        request.filter.id = pod_id
+    if state:
+        request.filter.state.state = api_pb2.PodSandboxState.Value(POD_STATES[state])
+    request.filter.label_selector.update(labels)
+    response = settings.client().runtime("ListPodSandbox", request)
+    if quiet:
+        for item in response.items:
+            click.echo(item.id)
+    elif output in ("json", "yaml"):
+        emit(message_to_dict(response), output)
+    elif output == "table":
+        click.echo(pods_table(list(response.items)))
+    elif response.items:
+        click.echo("\n\n".join(pod_text(item) for item in response.items))
