@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 
 from ocid.errors import InternalError, InvalidArgument
+from ocid.lifecycle.persist import atomic_write
 from ocid.storage.overlay import unmount
 
 FILE_MODE = 0o644
@@ -35,22 +35,10 @@ _HOSTS_LOCAL = (
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, mode 0644, rename."""
-    directory, name = os.path.split(os.path.abspath(path))
+    """Replace ``path`` with ``data`` (mode 0644); no fsync: rebuilt after a reboot."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+        atomic_write(path, data, FILE_MODE, durable=False)
     except OSError as exc:
-        raise InternalError(f"write {path}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600
-        os.replace(tmp, path)  # no fsync: these are run-dir files, rebuilt after a reboot
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise InternalError(f"write {path}: {exc}") from exc
 
 

@@ -152,15 +152,20 @@ class SandboxManager:
             podfiles.write_resolv_conf(files["resolv"], req.dns.servers, req.dns.searches,
                                        req.dns.options)
             podfiles.write_hosts(files["hosts"], hostname, host_network)
+            # Recorded before they are made, so a rollback after a crash finds them.
             if ns.ipc != spec.NODE:
                 sb.shm_path = os.path.join(bundle, "shm")
+            if not host_network:
+                sb.netns_path = os.path.join(self.ctx.config.network.netns_dir,
+                                             NETNS_PREFIX + sb.id[:32])
+            self.ctx.sandboxes.save(sb)
+            if sb.shm_path:
                 podfiles.mount_shm(sb.shm_path)
                 undo.callback(podfiles.unmount_shm, sb.shm_path)
-            if not host_network:
-                sb.netns_path = netns.create(NETNS_PREFIX + sb.id[:32],
-                                             self.ctx.config.network.netns_dir)
+            if sb.netns_path:
+                netns.create(os.path.basename(sb.netns_path),
+                             os.path.dirname(sb.netns_path))
                 undo.callback(netns.remove, sb.netns_path)
-            self.ctx.sandboxes.save(sb)  # so a rollback after a crash finds the mounts
 
             rootfs = os.path.join(bundle, "rootfs")
             os.makedirs(rootfs, mode=0o755)

@@ -401,3 +401,38 @@ def test_parallel_pods(cri):
         t.join()
     assert not errors and len(set(results)) == 4
     assert len(cri.containers(state=api_pb2.CONTAINER_RUNNING)) == 4
+
+
+def test_kill_9_during_churn_leaks_nothing(cri, start_ocid):
+    """ocid killed while pods and containers are being made: the restart cleans up."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            try:
+                pod_id, _ = _pod(cri)
+                cri.run(pod_id, container_config(cri.image, SLEEP))
+                cri.remove_pod(pod_id)
+            except grpc.RpcError:
+                return  # the daemon is gone
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)
+    cri.daemon.proc.send_signal(signal.SIGKILL)
+    cri.daemon.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+
+    again = Cri(start_ocid(subdir=""))
+    for pod in again.pods():
+        again.remove_pod(pod.id)
+    assert again.pods() == [] and again.containers() == []
+    workdir = cri.daemon.workdir
+    assert leftovers(workdir, again.daemon.proc.pid) == {"processes": [], "mounts": [],
+                                                         "runtime": [], "cgroups": []}
+    assert os.listdir(workdir / "root" / "sandboxes") == []
+    assert os.listdir(workdir / "root" / "containers") == []
+    assert not [n for n in os.listdir(workdir / "netns")]

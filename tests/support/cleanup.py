@@ -58,18 +58,20 @@ def runtime_containers(workdir: Path) -> list[tuple[str, str]]:
 
 
 def cgroups_of(workdir: Path) -> list[str]:
-    """Cgroup directories that bundles under ``workdir`` named and that still exist."""
-    paths = []
+    """Container cgroups that bundles under ``workdir`` named, and any ``ocid-<id>`` cgroup
+    left under the default parent ``/ocid`` (tests run one daemon at a time)."""
+    paths = set()
+    hierarchies = [h for h in Path("/sys/fs/cgroup").iterdir() if h.is_dir()]
     for config in workdir.glob("root/*/*/config.json"):
         try:
             cgroups_path = json.loads(config.read_text())["linux"]["cgroupsPath"]
         except (OSError, ValueError, KeyError):
             continue
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            candidate = hierarchy / cgroups_path.lstrip("/")
-            if candidate.is_dir():
-                paths.append(str(candidate))
-    return paths
+        paths.update(str(h / cgroups_path.lstrip("/")) for h in hierarchies
+                     if (h / cgroups_path.lstrip("/")).is_dir())
+    for hierarchy in hierarchies:
+        paths.update(str(p) for p in hierarchy.glob("ocid/ocid-*") if p.is_dir())
+    return sorted(paths)
 
 
 def leftovers(workdir: Path, daemon_pid: int = 0) -> dict[str, list]:
