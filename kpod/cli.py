@@ -42,6 +42,34 @@ class KpodContext:
 pass_kpod = click.make_pass_decorator(KpodContext)
 
 
+def complete_image_names(ctx: click.Context, param: click.Parameter,
+                         incomplete: str) -> list[str]:
+    """Local image names (and short IDs) for shell completion; nothing on any trouble.
+
+    Completion runs before the group callback, so the storage comes from the root
+    context's parsed options. A storage that does not exist yet is not created.
+    """
+    params = ctx.find_root().params
+    overrides = {("ocid", "root"): params.get("root"), ("ocid", "runroot"): params.get("runroot")}
+    try:
+        config = load_config(params.get("config_path") or DEFAULT_CONFIG_PATH, required=False,
+                             overrides={k: v for k, v in overrides.items() if v})
+        if not os.path.isdir(config.storage_root):
+            return []
+        from ocid.image.service import ImageService
+
+        images = ImageService(config)
+        try:
+            records = images.list()
+        finally:
+            images.close()
+    except Exception:  # noqa: BLE001 - completion must never fail the shell
+        return []
+    candidates = [name for r in records for name in r.names]
+    candidates += [r.id.removeprefix("sha256:")[:12] for r in records]
+    return [c for c in candidates if c.startswith(incomplete)]
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("--config", "config_path", default=DEFAULT_CONFIG_PATH, show_default=True,
               type=click.Path(dir_okay=False), envvar="OCID_CONFIG",

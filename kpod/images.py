@@ -16,7 +16,7 @@ import click
 
 from ocid.clitools import human_ago, human_size
 
-from .cli import KpodContext, cli, pass_kpod
+from .cli import KpodContext, cli, complete_image_names, pass_kpod
 
 # As podman: `--tls-verify`, `--tls-verify=false`; unset means "as registries.conf says".
 tls_verify_option = click.option(
@@ -121,7 +121,7 @@ def pull(kpod: KpodContext, image: str, quiet: bool, platform: str | None, tls_v
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("image", shell_complete=complete_image_names)
 @click.argument("destination", required=False)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @tls_verify_option
@@ -240,7 +240,7 @@ def inspect_data(record) -> dict:
 
 
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_image_names)
 @pass_kpod
 def inspect(kpod: KpodContext, names: tuple[str, ...]) -> None:
     """Show images' details as JSON."""
@@ -248,7 +248,7 @@ def inspect(kpod: KpodContext, names: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("image", shell_complete=complete_image_names)
 @click.option("--no-trunc", is_flag=True, help="Do not truncate the CREATED BY column.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the layer IDs.")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
@@ -288,7 +288,8 @@ def history(kpod: KpodContext, image: str, no_trunc: bool, quiet: bool, output_f
 # ---- removing and naming --------------------------------------------------------------------
 
 @cli.command()
-@click.argument("images_to_remove", metavar="IMAGE...", nargs=-1, required=True)
+@click.argument("images_to_remove", metavar="IMAGE...", nargs=-1, required=True,
+                shell_complete=complete_image_names)
 @click.option("--force", "-f", is_flag=True,
               help="Remove an image given by ID even when it has several names.")
 @pass_kpod
@@ -314,7 +315,7 @@ def rmi(kpod: KpodContext, images_to_remove: tuple[str, ...], force: bool) -> No
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("image", shell_complete=complete_image_names)
 @click.argument("names", nargs=-1, required=True)
 @pass_kpod
 def tag(kpod: KpodContext, image: str, names: tuple[str, ...]) -> None:
@@ -344,7 +345,7 @@ def detect_archive(path: str) -> str:
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("image", shell_complete=complete_image_names)
 @click.option("--output", "-o", type=click.Path(dir_okay=True), help="Write to this file (or directory for oci-dir).")
 @click.option("--format", "archive_format", type=click.Choice(list(ARCHIVE_FORMATS)),
               default="docker-archive", show_default=True, help="Archive format.")

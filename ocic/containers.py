@@ -12,6 +12,7 @@ from ocid import errors
 
 from .cli import Settings, cli, pass_settings
 from .client import CriClient
+from .complete import complete_container_ids, complete_pod_ids
 from .pods import RUNTIME_REQUEST_TIMEOUT, config_file, label_option, slow_client
 from .render import (
     container_text,
@@ -29,6 +30,7 @@ NO_DEADLINE = 10 * 365 * 86400.0
 EXEC_TIMED_OUT = b"command timed out"
 
 id_option = click.option("--id", "ctr_id", required=True, metavar="CONTAINER",
+                         shell_complete=complete_container_ids,
                          help="ID (or unique prefix) of the container.")
 
 
@@ -52,7 +54,7 @@ def _sandbox_config(settings: Settings, pod_id: str, pod_config: str | None) -> 
 
 
 @ctr.command("create")
-@click.option("--pod", "pod_id", required=True, metavar="POD",
+@click.option("--pod", "pod_id", required=True, metavar="POD", shell_complete=complete_pod_ids,
               help="ID (or unique prefix) of the pod to create the container in.")
 @click.option("--config", "config_path", required=True, type=config_file, metavar="FILE",
               help="A ContainerConfig as JSON or YAML (see testdata/).")
@@ -137,9 +139,10 @@ def status(settings: Settings, ctr_id: str, output: str) -> None:
 
 
 @ctr.command("list")
-@click.option("--id", "ctr_id", metavar="CONTAINER",
+@click.option("--id", "ctr_id", metavar="CONTAINER", shell_complete=complete_container_ids,
               help="Only the container with this ID (or ID prefix).")
-@click.option("--pod", "pod_id", metavar="POD", help="Only containers of this pod.")
+@click.option("--pod", "pod_id", metavar="POD", shell_complete=complete_pod_ids,
+              help="Only containers of this pod.")
 @click.option("--state", type=click.Choice(list(CONTAINER_STATES)),
               help="Only containers in this state.")
 @label_option("Only containers with this key=value label (repeatable; all must match).")

@@ -9,6 +9,7 @@ import click
 
 from .cli import Settings, cli, pass_settings
 from .client import CriClient
+from .complete import complete_pod_ids
 from .render import emit, message_to_dict, pod_text, pods_table, status_payload, text_output_option
 
 POD_STATES = {"ready": "SANDBOX_READY", "notready": "SANDBOX_NOTREADY"}
@@ -29,6 +30,11 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
             raise click.BadParameter(f"{item!r} is not key=value", ctx=ctx, param=param)
         pairs[key] = value
     return pairs
+
+
+pod_id_option = click.option("--id", "pod_id", required=True, metavar="POD",
+                             shell_complete=complete_pod_ids,
+                             help="ID (or unique prefix) of the pod.")
 
 
 def label_option(help_text: str) -> Callable[[Any], Any]:
@@ -70,7 +76,7 @@ def create(settings: Settings, config_path: str, name: str | None, labels: dict[
 
 
 @pod.command("stop")
-@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@pod_id_option
 @pass_settings
 def stop(settings: Settings, pod_id: str) -> None:
     """Stop a pod's containers and release its network; print its ID."""
@@ -81,7 +87,7 @@ def stop(settings: Settings, pod_id: str) -> None:
 
 
 @pod.command("remove")
-@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@pod_id_option
 @pass_settings
 def remove(settings: Settings, pod_id: str) -> None:
     """Remove a pod and its containers; print its ID."""
@@ -93,7 +99,7 @@ def remove(settings: Settings, pod_id: str) -> None:
 
 
 @pod.command("status")
-@click.option("--id", "pod_id", required=True, metavar="POD", help="ID (or unique prefix) of the pod.")
+@pod_id_option
 @text_output_option
 @pass_settings
 def status(settings: Settings, pod_id: str, output: str) -> None:
@@ -111,7 +117,8 @@ def status(settings: Settings, pod_id: str, output: str) -> None:
 
 
 @pod.command("list")
-@click.option("--id", "pod_id", metavar="POD", help="Only the pod with this ID (or ID prefix).")
+@click.option("--id", "pod_id", metavar="POD", shell_complete=complete_pod_ids,
+              help="Only the pod with this ID (or ID prefix).")
 @click.option("--state", type=click.Choice(sorted(POD_STATES)), help="Only pods in this state.")
 @label_option("Only pods with this key=value label (repeatable; all must match).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only pod IDs.")

@@ -186,3 +186,18 @@ def test_identical_output_across_a_restart(env, start_ocid, how):
     env.daemon = start_ocid()
     assert _snapshot(env, pod, [running, exited]) == before
     assert env.out("ctr", "execsync", "--id", running, "echo", "alive") == "alive\n"
+
+
+def test_completion_offers_live_ids_and_local_images(env):
+    from tests.unit.test_docs import complete
+
+    pod = env.out("pod", "create", "--config", env.file("sandbox_config.json")).strip()
+    ctr = env.out("ctr", "create", "--pod", pod, "--config",
+                  env.file("container_config.json")).strip()
+    sock = env.daemon.socket
+    assert complete("ocic", ["ocic", "--connect", sock, "pod", "status", "--id", ""]) == [pod]
+    assert complete("ocic", ["ocic", "--connect", sock, "ctr", "stop", "--id", ctr[:3]]) == [ctr]
+    assert complete("ocic", ["ocic", "--connect", sock, "ctr", "create", "--pod", ""]) == [pod]
+    root = str(env.daemon.workdir / "root")
+    names = complete("kpod", ["kpod", "--root", root, "rmi", ""])
+    assert env.image in names

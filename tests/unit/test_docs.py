@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def complete(tool: str, words: list[str]) -> list[str]:
 
 def test_completion_of_subcommands():
     assert complete("ocic", ["ocic", "r"]) == ["runtimeversion"]
+    assert complete("ocic", ["ocic", "p"]) == ["pod"]
+    assert set(complete("ocic", ["ocic", "ctr", ""])) >= {"create", "start", "execsync", "logs"}
     assert set(complete("kpod", ["kpod", ""])) >= {"info", "version"}
     assert complete("ocid", ["ocid", "con"]) == ["config"]
 
@@ -72,3 +75,16 @@ def test_completion_of_fixed_choices_and_options():
     assert complete("ocid", ["ocid", "--log-format", ""]) == ["text", "json"]
     assert complete("ocic", ["ocic", "info", "--output", ""]) == ["json", "yaml"]
     assert "--connect" in complete("ocic", ["ocic", "--co"])
+    assert complete("ocic", ["ocic", "ctr", "list", "--state", ""]) == \
+        ["created", "running", "exited", "unknown"]
+    assert complete("ocic", ["ocic", "pod", "list", "--state", ""]) == ["notready", "ready"]
+    assert complete("ocic", ["ocic", "pod", "status", "--output", "y"]) == ["yaml"]
+
+
+def test_live_id_completion_gives_nothing_quickly_without_a_daemon(tmp_path):
+    started = time.monotonic()
+    assert complete("ocic", ["ocic", "--connect", str(tmp_path / "none.sock"), "ctr", "status",
+                             "--id", ""]) == []
+    assert complete("kpod", ["kpod", "--root", str(tmp_path / "none"), "rmi", ""]) == []
+    assert time.monotonic() - started < 10  # two interpreter starts, no waiting on a daemon
+    assert not (tmp_path / "none").exists()  # completion never creates storage
