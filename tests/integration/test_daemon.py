@@ -77,9 +77,9 @@ def test_runtime_config_reports_the_cgroup_driver(start_ocid, manager, driver):
 
 
 @pytest.mark.parametrize(("service", "method", "request_type"), [
-    ("runtime", "RunPodSandbox", api_pb2.RunPodSandboxRequest),
-    ("runtime", "ListContainers", api_pb2.ListContainersRequest),
     ("runtime", "Exec", api_pb2.ExecRequest),
+    ("runtime", "PortForward", api_pb2.PortForwardRequest),
+    ("runtime", "CheckpointContainer", api_pb2.CheckpointContainerRequest),
 ])
 def test_other_rpcs_answer_unimplemented_with_their_name(ocid, service, method, request_type):
     stub = ocid.runtime_stub() if service == "runtime" else ocid.image_stub()
