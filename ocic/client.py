@@ -12,6 +12,7 @@ from cri_api.v1 import api_pb2_grpc
 from ocid import errors
 
 DEFAULT_ENDPOINT = "/var/run/ocid.sock"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 _CODE_ERRORS: dict[grpc.StatusCode, type[errors.OcidError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -60,7 +61,10 @@ class CriClient:
 
     def _stubs(self) -> tuple[Any, Any]:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(f"unix://{os.path.abspath(self.path)}")
+            # 16 MiB answers, as the kubelet allows (ListContainers, ExecSync output).
+            self._channel = grpc.insecure_channel(
+                f"unix://{os.path.abspath(self.path)}",
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
             self._runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)
             self._image = api_pb2_grpc.ImageServiceStub(self._channel)
         return self._runtime, self._image

@@ -126,8 +126,15 @@ class Daemon:
         from ocid.lifecycle.service import Lifecycle
         from ocid.reaper import Reaper
 
-        # conmon processes re-parent to us, not to a slow init, and we reap them.
-        reaper = Reaper()
+        # conmon processes re-parent to us, not to a slow init, and we reap them; a monitor
+        # or init that dies that way may change a container's state.
+        lifecycle: Lifecycle | None = None
+
+        def child_exited(pid: int, code: int) -> None:
+            if lifecycle is not None:
+                lifecycle.containers.on_child_exit(pid)
+
+        reaper = Reaper(on_exit=child_exited)
         reaper.start()
         images = ImageService(self.config)
         lifecycle = Lifecycle(self.config, images)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ocid.config import Config
-from ocid.network.cni import NetworkNotReady, default_network
+from ocid.network.cni import CniManager, NetworkNotReady
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -37,10 +37,13 @@ def runtime_condition(config: Config) -> Condition:
     return Condition(RUNTIME_READY, True)
 
 
-def network_condition(config: Config) -> Condition:
-    """NetworkReady: a valid CNI network configuration with all its plugins exists."""
+def network_condition(cni: CniManager) -> Condition:
+    """NetworkReady: a valid CNI network configuration with all its plugins exists.
+
+    The manager re-reads the directory only when its contents changed.
+    """
     try:
-        default_network(config.network.network_dir, config.network.plugin_dirs)
+        cni.network()
     except NetworkNotReady as exc:
         return Condition(NETWORK_READY, False, "NetworkPluginNotReady", str(exc))
     return Condition(NETWORK_READY, True)

@@ -14,12 +14,16 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
+from dataclasses import replace
+from collections.abc import Iterator
 from typing import Any
 
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
 
+from ocid import calls
 from ocid.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -83,29 +87,31 @@ class ContainerManager:
         cid = new_id()
         name = self.kube_name(sb, req)
         digest = fingerprint(sb.id, req)
-        with self.registry.locked(sb.id):
-            if sb.state != READY:
-                raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
-            try:
-                self.registry.reserve(name, cid, "container")
-            except AlreadyExists:
-                retried = self._retry_answer(name, digest)
-                if retried:
-                    return retried
-                raise
-            c = Container(id=cid, pod_id=sb.id, request=req, created=now_ns(),
-                          fingerprint=digest)
-            self.registry.containers[cid] = c
-            lock = self.registry.locked(cid)
-            lock.__enter__()  # taken before the pod lock is released: stop waits for us
         try:
-            self._create(sb, c, name)
+            self.registry.reserve(name, cid, "container")
+        except AlreadyExists:
+            retried = self._retry_answer(name, digest)  # may wait for the first request
+            if retried:
+                return retried
+            raise
+        try:
+            with self.registry.locked(sb.id):
+                if sb.state != READY or sb.id not in self.registry.sandboxes:
+                    raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+                c = Container(id=cid, pod_id=sb.id, request=req, created=now_ns(),
+                              fingerprint=digest)
+                self.registry.containers[cid] = c
+                lock = self.registry.locked(cid)
+                lock.__enter__()  # taken before the pod lock is released: stop waits for us
+            try:
+                self._create(sb, c, name)
+            finally:
+                lock.__exit__(None, None, None)
         except BaseException:
             self.registry.containers.pop(cid, None)
             self.registry.release(name, cid)
+            self.registry.forget_lock(cid)
             raise
-        finally:
-            lock.__exit__(None, None, None)
         log.info("container %s (%s) created", cid, name)
         return cid
 
@@ -126,14 +132,6 @@ class ContainerManager:
                 return c.id
         return None
 
-    def abandoned(self, cid: str) -> None:
-        """The CreateContainer caller gave up: keep the container for its retry."""
-        c = self.registry.containers.get(cid)
-        if c is not None:
-            with self.registry.locked(cid):
-                c.claimed = False
-                self.ctx.containers.save(c)
-
     def _create(self, sb: Sandbox, c: Container, name: str) -> None:
         req = c.request
         store = self.ctx.images.store
@@ -153,7 +151,8 @@ class ContainerManager:
             image_signal = (image.config.get("config") or {}).get("StopSignal") or ""
             c.stop_signal = signal_number(req.stop_signal or image_signal) or signal.SIGTERM
             config, notes = spec.build_container_spec(
-                c.id, req.spec, self.pods.container_pod_config(sb), image_config, rootfs,
+                c.id, self._in_pod(req.spec, sb), self.pods.container_pod_config(sb),
+                image_config, rootfs,
                 self.ctx.host, self.ctx.spec_options(sb.runtime_handler))
             for note in notes:
                 log.info("container %s: %s", c.id, note)
@@ -167,16 +166,26 @@ class ContainerManager:
             except OSError as exc:
                 raise InvalidArgument(f"cannot make the log directory of {c.log_path}: "
                                       f"{exc.strerror}") from exc
-            c.pid, _ = runtime.create(c.id, bundle, log_path=c.log_path, persist_dir=bundle,
+            c.pid, c.conmon_pid = runtime.create(c.id, bundle, log_path=c.log_path, persist_dir=bundle,
                                       name=name, terminal=req.tty, stdin=req.stdin,
                                       stdin_once=req.stdin_once)
             c.state = CREATED
+            c.claimed = calls.caller_waiting()  # kept for a retry when nobody awaits it
             self.ctx.containers.save(c)
             undo.pop_all()
 
+    @staticmethod
+    def _in_pod(config: spec.ContainerConfig, sb: Sandbox) -> spec.ContainerConfig:
+        """The container's config with the pod's network and IPC modes: a container
+        cannot leave its pod's network or IPC (the PID mode may differ)."""
+        sc = config.security_context
+        pod_ns = sb.request.namespace_options
+        ns = replace(sc.namespace_options, network=pod_ns.network, ipc=pod_ns.ipc)
+        return replace(config, security_context=replace(sc, namespace_options=ns))
+
     def _log_path(self, sb: Sandbox, c: Container) -> str:
         """The pod's log_directory joined with the container's log_path (cri-o's rule)."""
-        log_dir = sb.request.log_directory or os.path.join(self.ctx.config.ocid.log_dir, sb.id)
+        log_dir = sb.request.log_directory or self.pods.default_log_dir(sb.id)
         relative = c.request.log_path or f"{c.id}.log"
         path = os.path.normpath(os.path.join(log_dir, relative))
         if ":" in path:  # conmon splits its -l value at colons
@@ -189,6 +198,7 @@ class ContainerManager:
         """Run a created container's process."""
         c = self.registry.container(text)
         with self.registry.locked(c.id):
+            self._check_present(c)
             if c.state != CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state}, not created")
             try:
@@ -201,26 +211,50 @@ class ContainerManager:
             self.ctx.containers.save(c)
         log.info("container %s started", c.id)
 
+    def _check_present(self, c: Container) -> None:
+        """NOT_FOUND when the container was removed while we waited for its lock."""
+        if c.id not in self.registry.containers:
+            raise NotFound(f"container {c.id} not found")
+
+    @contextlib.contextmanager
+    def _stopping(self, c: Container, timeout: float) -> Iterator[bool]:
+        """The container's lock for a stop; yields whether the container still exists.
+
+        Another request may hold the lock through a long stop grace period: once our own
+        ``timeout`` ends, SIGKILL the container so that both finish now (as cri-o lets a
+        shorter stop timeout win).
+        """
+        lock = self.registry.lock_of(c.id)
+        if not lock.acquire(timeout=min(max(timeout, 0), threading.TIMEOUT_MAX)):
+            with contextlib.suppress(OcidError):
+                self._runtime(c).kill(c.id, signal.SIGKILL, timeout=5)
+            lock.acquire()
+        try:
+            yield c.id in self.registry.containers
+        finally:
+            lock.release()
+
     def stop(self, text: str, timeout: float) -> None:
         """Stop signal, then SIGKILL once ``timeout`` ends; a stopped container is fine."""
         if timeout < 0:
             raise InvalidArgument(f"timeout {timeout} must not be negative")
         c = self.registry.container(text)
-        with self.registry.locked(c.id):
-            self._stop(c, timeout)
+        with self._stopping(c, timeout) as present:
+            if present:
+                self._stop(c, timeout)
         log.info("container %s stopped", c.id)
 
     def _stop(self, c: Container, timeout: float) -> None:
         if c.state in (CREATED, RUNNING):
             try:
-                self._runtime(c).stop(c.id, timeout, c.stop_signal)
+                self._runtime(c).stop(c.id, timeout, c.stop_signal, pid=c.pid)
             except NotFound:
                 pass
             self._refresh(c)
 
     def _refresh(self, c: Container) -> None:
         """Bring a created/running container's record in line with runc and conmon."""
-        if c.state not in (CREATED, RUNNING):
+        if c.state not in (CREATED, RUNNING) or c.id not in self.registry.containers:
             return
         try:
             st = self._runtime(c).state(c.id, self.bundle(c.id))
@@ -231,18 +265,21 @@ class ContainerManager:
             self._mark_exited(c, st.exit_code if st.exit_code is not None else 255,
                               st.finished_at, st.oom_killed, "")
         elif st.status in ("running", "paused") and c.state == CREATED:
-            c.state = RUNNING
             c.started = c.started or now_ns()
+            c.state = RUNNING
             self.ctx.containers.save(c)
 
     def _mark_exited(self, c: Container, code: int, finished: float | None, oom: bool,
                      message: str) -> None:
-        c.state = EXITED
         c.exit_code = code
         c.finished = int(finished * 1e9) if finished else now_ns()
+        # An exit seen for a container still "created" here (ocid was killed right after
+        # runc start) means it did start.
+        c.started = c.started or c.finished
         c.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         c.message = message
         c.pid = 0
+        c.state = EXITED  # last: status readers take no lock and must never see half of it
         self.ctx.containers.save(c)
         log.info("container %s exited with %d (%s)", c.id, code, c.reason)
 
@@ -252,11 +289,14 @@ class ContainerManager:
             c = self.registry.container(text)
         except NotFound:
             return
-        with self.registry.locked(c.id):
-            if c.id in self.registry.containers:
+        self._remove(c)
+        log.info("container %s removed", c.id)
+
+    def _remove(self, c: Container) -> None:
+        with self._stopping(c, 0) as present:
+            if present:
                 self._stop(c, 0)
                 self._discard(c)
-        log.info("container %s removed", c.id)
 
     def _discard(self, c: Container) -> None:
         """Delete a container everywhere (also rolls back a half-made one)."""
@@ -279,15 +319,13 @@ class ContainerManager:
     def stop_all_in_pod(self, pod_id: str) -> None:
         """StopPodSandbox's first step: kill every container of the pod (as containerd)."""
         for c in self.registry.containers_of(pod_id):
-            with self.registry.locked(c.id):
-                self._stop(c, 0)
+            with self._stopping(c, 0) as present:
+                if present:
+                    self._stop(c, 0)
 
     def remove_all_in_pod(self, pod_id: str) -> None:
         for c in self.registry.containers_of(pod_id):
-            with self.registry.locked(c.id):
-                if c.id in self.registry.containers:
-                    self._stop(c, 0)
-                    self._discard(c)
+            self._remove(c)
 
     # -- exec and logs ---------------------------------------------------------------------
 
@@ -331,9 +369,17 @@ class ContainerManager:
         c = self.registry.containers.get(object_id)
         if c is not None:
             with self.registry.locked(c.id):
-                self._refresh(c)
+                self._refresh(c)  # a no-op for a container removed meanwhile
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.ctx.exits_dir, object_id))
+
+    def on_child_exit(self, pid: int) -> None:
+        """A monitor or an init re-parented to us died (see ocid.reaper): if it was a
+        container's, its state may have changed without any exit file (a killed conmon)."""
+        for c in list(self.registry.containers.values()):
+            if pid in (c.pid, c.conmon_pid) and c.state in (CREATED, RUNNING):
+                with self.registry.locked(c.id):
+                    self._refresh(c)
 
     def restore(self, c: Container) -> None:
         """Take a container record found at start, reconciled with the runtime."""
@@ -383,6 +429,7 @@ class ContainerManager:
                 config = json.load(f)
         except (OSError, ValueError):
             config = None
-        return {"id": c.id, "sandboxID": c.pod_id, "pid": c.pid, "bundle": self.bundle(c.id),
+        return {"id": c.id, "sandboxID": c.pod_id, "pid": c.pid, "conmonPid": c.conmon_pid,
+                "bundle": self.bundle(c.id),
                 "runtimeSpec": config, "stopSignal": signal.Signals(c.stop_signal).name
                 if c.stop_signal in signal.Signals._value2member_map_ else c.stop_signal}

@@ -15,6 +15,8 @@ from ocid.errors import InvalidArgument, NotFound
 from ocid.image.service import ImageService
 from ocid.lifecycle.persist import RecordDir, to_data
 from ocid.lifecycle.records import Container, Registry, Sandbox
+from ocid.network.cni import CniManager
+from ocid.network.hostport import LocalhostRouting
 from ocid.oci.runtime import OciRuntime, RuntimePaths
 from ocid.oci.spec import HostInfo, SpecOptions
 
@@ -41,12 +43,18 @@ class Context:
     registry: Registry = field(default_factory=Registry)
     sandboxes: RecordDir = field(init=False)
     containers: RecordDir = field(init=False)
+    cni: CniManager = field(init=False)
+    localhost: LocalhostRouting = field(default_factory=LocalhostRouting)
     _runtimes: dict[str, OciRuntime] = field(default_factory=dict)
     _options: dict[str, SpecOptions] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sandboxes = RecordDir(self.config.ocid.sandbox_dir, Sandbox)
         self.containers = RecordDir(self.config.ocid.container_dir, Container)
+        net = self.config.network
+        # The ADD results live beside the records, so a DEL after a restart finds them.
+        self.cni = CniManager(net.network_dir, net.plugin_dirs,
+                              os.path.join(self.config.ocid.root, "networks"))
 
     @property
     def exits_dir(self) -> str:
@@ -70,7 +78,8 @@ class Context:
         rt = self.config.runtime
         driver = OciRuntime(RuntimePaths(
             runtime_path=h.runtime_path, runtime_root=h.runtime_root, conmon_path=rt.conmon,
-            conmon_env=tuple(rt.conmon_env), exits_dir=self.exits_dir, attach_dir=self.attach_dir))
+            conmon_env=tuple(rt.conmon_env), exits_dir=self.exits_dir, attach_dir=self.attach_dir,
+            systemd_cgroup=rt.cgroup_manager == "systemd"))
         self._runtimes[handler] = driver
         return driver
 

@@ -18,6 +18,7 @@ import signal
 import socket
 from dataclasses import replace
 
+from ocid import calls
 from ocid.errors import AlreadyExists, FailedPrecondition, InternalError, NotFound, OcidError
 from ocid.lifecycle import podfiles
 from ocid.lifecycle.context import Context, fingerprint, new_id
@@ -32,6 +33,7 @@ from ocid.lifecycle.records import (
     now_ns,
 )
 from ocid.network import netns
+from ocid.network.cni import PodNetwork
 from ocid.oci import spec
 from ocid.oci.runtime import start_time
 
@@ -63,6 +65,10 @@ class SandboxManager:
         base = self.bundle(sb.id)
         return {"hostname": f"{base}/hostname", "resolv": f"{base}/resolv.conf",
                 "hosts": f"{base}/hosts"}
+
+    def default_log_dir(self, pod_id: str) -> str:
+        """Where a pod's container logs go when the request names no log_directory."""
+        return os.path.join(self.ctx.config.ocid.log_dir, pod_id)
 
     def namespace_paths(self, sb: Sandbox) -> dict[str, str]:
         """Where a container finds the pod's namespaces (by OCI type)."""
@@ -97,6 +103,8 @@ class SandboxManager:
     def run(self, req: PodRequest, runtime_handler: str) -> str:
         """Create and start a pod; on any failure undo everything already made."""
         self.ctx.check_handler(runtime_handler)
+        if req.namespace_options.network != spec.NODE:
+            self.ctx.cni.network()  # NetworkNotReady (with the reason) before anything is made
         name = req.kube_name
         digest = fingerprint(req, runtime_handler)
         pod_id = new_id()
@@ -166,6 +174,10 @@ class SandboxManager:
                 netns.create(os.path.basename(sb.netns_path),
                              os.path.dirname(sb.netns_path))
                 undo.callback(netns.remove, sb.netns_path)
+                undo.callback(self._teardown_network, sb)
+                self._setup_network(sb)
+                if sb.ips:  # the pod's own name resolves to its address
+                    podfiles.write_hosts(files["hosts"], hostname, False, pod_ips=sb.ips)
 
             rootfs = os.path.join(bundle, "rootfs")
             os.makedirs(rootfs, mode=0o755)
@@ -188,8 +200,33 @@ class SandboxManager:
             sb.infra_pid, sb.infra_start = pid, start_time(pid) or 0
             runtime.start(sb.id)
             sb.state = READY
+            # Nobody will get this answer when the caller gave up: keep it for its retry.
+            sb.claimed = calls.caller_waiting()
             self.ctx.sandboxes.save(sb)
             undo.pop_all()
+        if not sb.claimed:
+            log.info("pod %s: its caller gave up; kept for a retry of the same request", sb.id)
+
+    def _setup_network(self, sb: Sandbox) -> None:
+        """CNI ADD in the pod's namespace; hostPorts also on 127.0.0.1 through the bridge."""
+        req = sb.request
+        status = self.ctx.cni.setup(PodNetwork(
+            pod_id=sb.id, netns_path=sb.netns_path, name=req.name, namespace=req.namespace,
+            uid=req.uid, port_mappings=req.port_mappings, annotations=dict(req.annotations)))
+        sb.ips = tuple(status.ips)
+        if req.port_mappings and status.bridge:
+            self.ctx.localhost.acquire(status.bridge)
+            sb.localhost_bridge = status.bridge
+        self.ctx.sandboxes.save(sb)
+
+    def _teardown_network(self, sb: Sandbox) -> None:
+        """CNI DEL with the cached ADD config; repeatable."""
+        self.ctx.cni.teardown(sb.id, sb.netns_path)
+        if sb.localhost_bridge:
+            self.ctx.localhost.release(sb.localhost_bridge)
+            sb.localhost_bridge = ""
+            if sb.id in self.registry.sandboxes:
+                self.ctx.sandboxes.save(sb)
 
     def _kill_infra(self, sb: Sandbox) -> None:
         runtime = self.ctx.runtime(sb.runtime_handler)
@@ -198,16 +235,6 @@ class SandboxManager:
         except OcidError as exc:
             log.debug("pod %s: infra stop: %s", sb.id, exc)
         runtime.delete(sb.id)
-
-    def abandoned(self, pod_id: str) -> None:
-        """The RunPodSandbox caller gave up before the answer: keep the pod for its retry."""
-        sb = self.registry.sandboxes.get(pod_id)
-        if sb is not None:
-            with self.registry.locked(pod_id):
-                sb.claimed = False
-                self.ctx.sandboxes.save(sb)
-            log.info("pod %s: the caller gave up; kept for a retry with the same request",
-                     pod_id)
 
     # -- stop and remove -------------------------------------------------------------------
 
@@ -218,6 +245,8 @@ class SandboxManager:
         except NotFound:
             raise NotFound(f"pod sandbox {text!r} not found") from None
         with self.registry.locked(sb.id):
+            if sb.id not in self.registry.sandboxes:
+                return  # removed while we waited: stopped for good
             self._stop_containers(sb.id)
             self._release_resources(sb)
             if sb.state != NOTREADY:
@@ -237,6 +266,7 @@ class SandboxManager:
         if sb.shm_path:
             podfiles.unmount_shm(sb.shm_path)
         if sb.netns_path:
+            self._teardown_network(sb)
             netns.remove(sb.netns_path)
 
     def remove(self, text: str) -> None:
@@ -260,6 +290,8 @@ class SandboxManager:
         attach_link = os.path.join(self.ctx.attach_dir, sb.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(attach_link)
+        if not sb.request.log_directory:  # the default log dir made for this pod
+            shutil.rmtree(self.default_log_dir(sb.id), ignore_errors=True)
         try:
             shutil.rmtree(self.bundle(sb.id))
         except FileNotFoundError:
@@ -278,7 +310,7 @@ class SandboxManager:
         if sb is None:
             return
         with self.registry.locked(pod_id):
-            if sb.state == READY:
+            if sb.state == READY and pod_id in self.registry.sandboxes:
                 sb.state = NOTREADY
                 self.ctx.sandboxes.save(sb)
                 log.warning("pod %s: infra container exited; pod is not ready", pod_id)

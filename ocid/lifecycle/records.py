@@ -42,7 +42,8 @@ class Sandbox:
     shm_path: str = ""
     infra_pid: int = 0
     infra_start: int = 0  # the infra's start time, so a reused PID is never taken for it
-    ip: str = ""
+    ips: tuple[str, ...] = ()  # from CNI: IPv4 first, then IPv6
+    localhost_bridge: str = ""  # the bridge whose hostPorts this pod made reachable on 127.0.0.1
     fingerprint: str = ""  # digest of the request, to recognise a caller's retry
     claimed: bool = True  # False when the caller gave up before the answer came
 
@@ -76,6 +77,7 @@ class Container:
     reason: str = ""
     message: str = ""
     pid: int = 0
+    conmon_pid: int = 0
     fingerprint: str = ""
     claimed: bool = True
 
@@ -117,12 +119,19 @@ class Registry:
 
     # -- locks -----------------------------------------------------------------------------
 
+    def lock_of(self, object_id: str) -> threading.RLock:
+        """The lock serialising work on one pod or container.
+
+        Holders re-check that their object still exists once they have it: the lock of a
+        removed object is forgotten, and IDs are never reused.
+        """
+        with self._mutex:
+            return self._locks.setdefault(object_id, threading.RLock())
+
     @contextlib.contextmanager
     def locked(self, object_id: str) -> Iterator[None]:
         """Serialise work on one pod or container."""
-        with self._mutex:
-            lock = self._locks.setdefault(object_id, threading.RLock())
-        with lock:
+        with self.lock_of(object_id):
             yield
 
     def forget_lock(self, object_id: str) -> None:

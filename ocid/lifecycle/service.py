@@ -50,6 +50,12 @@ class Lifecycle:
         """Take every saved pod and container; roll back half-made ones; drop leftovers."""
         sandboxes, broken_pods = self.ctx.sandboxes.load_all()
         containers, broken_ctrs = self.ctx.containers.load_all()
+        # Pods whose hostPorts are reachable on 127.0.0.1 hold the bridge's routing.
+        holders: dict[str, int] = {}
+        for sb in sandboxes:
+            if sb.localhost_bridge:
+                holders[sb.localhost_bridge] = holders.get(sb.localhost_bridge, 0) + 1
+        self.ctx.localhost.reset(holders)
         kept_pods = sum(self._attempt(self.pods.restore, sb) for sb in sandboxes)
         for c in sorted(containers, key=lambda c: c.created):
             self._attempt(self.containers.restore, c)

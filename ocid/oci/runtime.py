@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -28,6 +29,12 @@ _NOT_FOUND = ("does not exist",)
 _NOT_RUNNING = ("container not running", "invalid process", "no such process")
 _EXIT_FILE_WAIT = 5.0  # how long state() waits for conmon to write the exit file (§7 race)
 _KILL_WAIT = 10.0  # how long stop() waits for the init after SIGKILL
+_RUNC_QUICK = 1.0  # seconds for a runc call on a stop path, which must keep its timeout
+_POLL_CHUNK = 86400.0
+# Bytes kept of each of an ExecSync's stdout and stderr: together they stay within cri-o's
+# 16 MiB and the gRPC message limit.
+MAX_EXEC_OUTPUT = 8 * 1024 * 1024
+_MAX_WAIT = 365 * 86400.0  # poll() cannot wait longer than ~24 days; nobody needs more
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,7 @@ class RuntimePaths:
     conmon_env: tuple[str, ...]
     exits_dir: str
     attach_dir: str
+    systemd_cgroup: bool = False  # the systemd cgroup manager: runc --systemd-cgroup, conmon -s
 
 
 @dataclass
@@ -93,6 +101,10 @@ def _poll_fd(fd: int, timeout: float) -> bool:
     """Whether ``fd`` becomes readable within ``timeout`` seconds."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
+    while timeout > _POLL_CHUNK:  # poll() takes at most 2**31 ms
+        if poller.poll(_POLL_CHUNK * 1000):
+            return True
+        timeout -= _POLL_CHUNK
     return bool(poller.poll(max(timeout, 0) * 1000))
 
 
@@ -124,7 +136,7 @@ class OciRuntime:
 
     def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run one runc subcommand; raise the ocid error matching its message on failure."""
-        cmd = [self.paths.runtime_path, "--root", self.paths.runtime_root, *args]
+        cmd = [*self._global_args(), *args]
         try:
             proc = subprocess.run(
                 cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
@@ -137,6 +149,11 @@ class OciRuntime:
         if proc.returncode != 0:
             raise self._error(args[0], args[-1] if len(args) > 1 else "", proc.stderr)
         return proc
+
+    def _global_args(self) -> list[str]:
+        """The runtime binary and the flags every runc call takes."""
+        systemd = ["--systemd-cgroup"] if self.paths.systemd_cgroup else []
+        return [self.paths.runtime_path, "--root", self.paths.runtime_root, *systemd]
 
     @staticmethod
     def _error(op: str, container_id: str, stderr: str) -> OcidError:
@@ -176,6 +193,8 @@ class OciRuntime:
             "--runtime-arg", f"--root={p.runtime_root}", "--socket-dir-path", p.attach_dir,
             "--syslog", "-u", container_id,
         ]  # fmt: skip
+        if p.systemd_cgroup:
+            argv.append("-s")
         if terminal:
             argv.append("-t")
         elif stdin:
@@ -236,13 +255,27 @@ class OciRuntime:
         """`runc start`: run the user process of a created container."""
         self._runc("start", container_id)
 
-    def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+    def kill(self, container_id: str, signal: int, *, all_processes: bool = False,
+             timeout: float = 60) -> None:
         """Send ``signal`` to the init (or every process, for ``all_processes``)."""
-        self._runc("kill", *(["--all"] if all_processes else []), container_id, str(int(signal)))
+        self._runc("kill", *(["--all"] if all_processes else []), container_id, str(int(signal)),
+                   timeout=timeout)
 
-    def stop(self, container_id: str, timeout: float, stop_signal: int = 15) -> None:
-        """Send ``stop_signal``, then SIGKILL once ``timeout`` ends; wait for the init to exit."""
-        state = self._runc_state(container_id)
+    def stop(self, container_id: str, timeout: float, stop_signal: int = 15,
+             pid: int = 0) -> None:
+        """Send ``stop_signal``, then SIGKILL once ``timeout`` ends; wait for the init to exit.
+
+        Each runc call gets a second at most: when the runtime hangs, the init's ``pid``
+        (as recorded at create) stands in for ``runc state`` and the signal goes to the init
+        through its pidfd, so the timeout holds anyway.
+        """
+        timeout = min(max(timeout, 0), _MAX_WAIT)
+        try:
+            state = self._runc_state(container_id, timeout=_RUNC_QUICK)
+        except DeadlineExceeded:
+            if not pid:
+                raise
+            state = {"status": "running", "pid": pid}
         if state["status"] == "stopped" or not state["pid"]:
             return
         try:
@@ -251,17 +284,28 @@ class OciRuntime:
             return
         try:
             if state["status"] == "paused":
-                self._runc("resume", container_id)
+                self._runc("resume", container_id, timeout=_RUNC_QUICK)
             for signum, wait in ((stop_signal, timeout), (signal.SIGKILL, _KILL_WAIT)):
+                phase_end = time.monotonic() + wait
                 try:
-                    self.kill(container_id, signum)
+                    self._signal(container_id, pidfd, signum)
                 except FailedPrecondition:
                     return  # exited on its own meanwhile
-                if _poll_fd(pidfd, wait):
+                if _poll_fd(pidfd, phase_end - time.monotonic()):
                     return
             raise DeadlineExceeded(f"stop container {container_id}: still alive after SIGKILL")
         finally:
             os.close(pidfd)
+
+    def _signal(self, container_id: str, pidfd: int, signum: int) -> None:
+        """``runc kill``, or the signal straight to the init when runc does not answer."""
+        try:
+            self.kill(container_id, signum, timeout=_RUNC_QUICK)
+        except DeadlineExceeded:
+            try:
+                signal.pidfd_send_signal(pidfd, signum)
+            except ProcessLookupError:
+                pass
 
     def delete(self, container_id: str) -> None:
         """`runc delete --force`; an unknown ID is not an error."""
@@ -291,9 +335,9 @@ class OciRuntime:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _runc_state(self, container_id: str) -> dict:
+    def _runc_state(self, container_id: str, timeout: float = 60) -> dict:
         """runc's state JSON (§6)."""
-        return json.loads(self._runc("state", container_id).stdout)
+        return json.loads(self._runc("state", container_id, timeout=timeout).stdout)
 
     def state(self, container_id: str, persist_dir: str) -> ContainerState:
         """runc state plus conmon's exit file (code, ctime as finish time) and oom marker."""
@@ -340,18 +384,17 @@ class OciRuntime:
         with tempfile.TemporaryDirectory(prefix="ocid-exec-") as tmp:
             spec, pidfile = os.path.join(tmp, "process.json"), os.path.join(tmp, "pid")
             Path(spec).write_text(json.dumps(process))
-            cmd = [
-                self.paths.runtime_path, "--root", self.paths.runtime_root, "exec",
-                "--process", spec, "--pid-file", pidfile, container_id,
-            ]  # fmt: skip
+            cmd = [*self._global_args(), "exec", "--process", spec, "--pid-file", pidfile,
+                   container_id]
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            output = _read_capped(proc, deadline)
+            if output is None:
                 self._kill_exec(proc, pidfile)
                 return ExecResult(b"", b"command timed out", -1, True)
+            out, err = output
         if (
             proc.returncode == 255 and b"level=error" in err
         ):  # runc's own failure, not the command's
@@ -438,6 +481,35 @@ def _spawn_conmon(
         start_parent.close()
         status = _reap(intermediate, max(deadline - time.monotonic(), 0))
         return status, _read_line(sync_parent, deadline)
+
+
+def _read_capped(proc: subprocess.Popen, deadline: float | None) -> tuple[bytes, bytes] | None:
+    """``proc``'s stdout and stderr, each cut at MAX_EXEC_OUTPUT (as cri-o does: a chatty
+    probe must not grow the daemon), once it exited; None when ``deadline`` passes first."""
+    assert proc.stdout is not None and proc.stderr is not None
+    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as selector:
+        for fd in buffers:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                buffer = buffers[key.fd]
+                buffer += chunk[:max(MAX_EXEC_OUTPUT - len(buffer), 0)]
+    try:
+        proc.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        return None
+    proc.stdout.close()
+    proc.stderr.close()
+    out, err = buffers.values()
+    return bytes(out), bytes(err)
 
 
 def _read_line(sock: socket.socket, deadline: float) -> str | None:

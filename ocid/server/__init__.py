@@ -34,7 +34,7 @@ def create_server(config: Config, images: ImageService, lifecycle: Lifecycle, *,
             ("grpc.so_reuseport", 0),
         ],
     )
-    runtime_handlers = [RuntimeInfoHandlers(config, images), SandboxHandlers(lifecycle),
+    runtime_handlers = [RuntimeInfoHandlers(config, images, lifecycle.ctx.cni), SandboxHandlers(lifecycle),
                         ContainerHandlers(lifecycle)]
     image_handlers = [ImageHandlers(images)]
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(

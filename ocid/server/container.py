@@ -37,10 +37,6 @@ class ContainerHandlers:
         ctr = convert.container_request(request.config)
         return api_pb2.CreateContainerResponse(container_id=self.containers.create(pod_id, ctr))
 
-    def CreateContainerAbandoned(self, request: api_pb2.CreateContainerRequest,
-                                 response: api_pb2.CreateContainerResponse) -> None:
-        self.containers.abandoned(response.container_id)
-
     def StartContainer(self, request: api_pb2.StartContainerRequest
                        ) -> api_pb2.StartContainerResponse:
         self.containers.start(convert.require_id(request.container_id, "container_id"))

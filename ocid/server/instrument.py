@@ -2,9 +2,8 @@
 and UNIMPLEMENTED answers for the RPCs no handler serves yet.
 
 Handlers are plain objects whose methods are named after the RPCs they serve and take the
-request message alone; they raise ``ocid.errors`` exceptions and never touch gRPC. A
-handler may also define ``<RPC>Abandoned(request, response)``, called when the RPC
-finished after its caller had given up.
+request message alone; they raise ``ocid.errors`` exceptions and never touch gRPC.
+``ocid.calls.caller_waiting()`` tells the core whether the caller still waits.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from google.protobuf import text_format
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from ocid import errors
+from ocid import calls, errors
 
 log = logging.getLogger("ocid.server")
 
@@ -73,23 +72,22 @@ def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
 
 
-def _wrap_unary(name: str, impl: Callable[[Any], Message],
-                abandoned: Callable[[Any, Any], None] | None = None) -> Callable[..., Message]:
+def _wrap_unary(name: str, impl: Callable[[Any], Message]) -> Callable[..., Message]:
     level = logging.DEBUG if _is_read_only(name) else logging.INFO
 
     def call(request: Message, context: grpc.ServicerContext) -> Message:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s request: %s", name, _brief(request))
+        token = calls.serving(context.is_active)  # the core keeps results nobody awaits
         try:
             response = impl(request)
         except Exception as exc:  # noqa: BLE001 - every error is answered with a status
             _fail(context, name, exc)
             raise  # not reached: abort raises
-        if abandoned is not None and not context.is_active():
-            # The caller gave up (deadline, cancel) while we worked: the result would be
-            # lost, so the handler keeps it for the caller's retry.
+        finally:
+            calls.done(token)
+        if not context.is_active():
             log.info("%s finished after its caller gave up", name)
-            abandoned(request, response)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s response: %s", name, _brief(response))
         elif level == logging.INFO:
@@ -131,7 +129,5 @@ def instrument(service: ServiceDescriptor, handlers: Sequence[object]) -> Simple
         if method.server_streaming:
             methods[method.name] = _wrap_stream(method.name, impl)
         else:
-            abandoned = next((getattr(h, f"{method.name}Abandoned") for h in handlers
-                              if hasattr(h, f"{method.name}Abandoned")), None)
-            methods[method.name] = _wrap_unary(method.name, impl, abandoned)
+            methods[method.name] = _wrap_unary(method.name, impl)
     return SimpleNamespace(**methods)

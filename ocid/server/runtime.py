@@ -9,14 +9,16 @@ from cri_api.v1 import api_pb2
 from ocid import CRI_API_VERSION, CRI_VERSION, RUNTIME_NAME, __version__, health
 from ocid.config import Config, to_dict
 from ocid.image.service import ImageService
+from ocid.network.cni import CniManager
 
 
 class RuntimeInfoHandlers:
     """Answers what this runtime is and whether it is ready."""
 
-    def __init__(self, config: Config, images: ImageService):
+    def __init__(self, config: Config, images: ImageService, cni: CniManager):
         self.config = config
         self.images = images
+        self.cni = cni
 
     def Version(self, request: api_pb2.VersionRequest) -> api_pb2.VersionResponse:
         """Names this runtime and the CRI API it serves."""
@@ -31,7 +33,7 @@ class RuntimeInfoHandlers:
         """RuntimeReady and NetworkReady; with ``verbose``, the effective config as JSON."""
         conditions = [
             api_pb2.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
-            for c in (health.runtime_condition(self.config), health.network_condition(self.config))
+            for c in (health.runtime_condition(self.config), health.network_condition(self.cni))
         ]
         info = {}
         if request.verbose:

@@ -18,6 +18,13 @@ def sandbox_metadata(sb: Sandbox) -> api_pb2.PodSandboxMetadata:
                                       attempt=r.attempt)
 
 
+def network_status(sb: Sandbox) -> api_pb2.PodSandboxNetworkStatus:
+    """The pod's first IP, and the others (IPv6) as additional IPs."""
+    first, *others = sb.ips or ("",)
+    return api_pb2.PodSandboxNetworkStatus(
+        ip=first, additional_ips=[api_pb2.PodIP(ip=ip) for ip in others])
+
+
 class SandboxHandlers:
     """Thin handlers over ``Lifecycle.pods``."""
 
@@ -27,10 +34,6 @@ class SandboxHandlers:
     def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest) -> api_pb2.RunPodSandboxResponse:
         pod = convert.pod_sandbox_config(request.config)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=self.pods.run(pod, request.runtime_handler))
-
-    def RunPodSandboxAbandoned(self, request: api_pb2.RunPodSandboxRequest,
-                               response: api_pb2.RunPodSandboxResponse) -> None:
-        self.pods.abandoned(response.pod_sandbox_id)
 
     def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest) -> api_pb2.StopPodSandboxResponse:
         self.pods.stop(convert.require_id(request.pod_sandbox_id, "pod_sandbox_id"))
@@ -46,7 +49,7 @@ class SandboxHandlers:
         sb = self.pods.get(convert.require_id(request.pod_sandbox_id, "pod_sandbox_id"))
         status = api_pb2.PodSandboxStatus(
             id=sb.id, metadata=sandbox_metadata(sb), state=convert.sandbox_state_to_pb(sb.state),
-            created_at=sb.created, network=api_pb2.PodSandboxNetworkStatus(ip=sb.ip),
+            created_at=sb.created, network=network_status(sb),
             linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(
                 options=convert.namespace_option_to_pb(sb.request.namespace_options))),
             labels=sb.request.labels, annotations=sb.request.annotations,

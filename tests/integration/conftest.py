@@ -52,7 +52,9 @@ class OcidDaemon:
         return result
 
     def channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(f"unix://{self.socket}")
+        # 16 MiB answers, as the kubelet allows (grpc's default is 4 MiB).
+        channel = grpc.insecure_channel(f"unix://{self.socket}", options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
         self._channels.append(channel)
         return channel
 

@@ -15,7 +15,7 @@ from cri_api.v1 import api_pb2
 
 from tests.integration.test_images import insecure, write_registries
 from tests.support.cleanup import leftovers
-from tests.support.cri import Cri, container_config, pod_config, wait_for
+from tests.support.cri import Cri, container_config, pod_config, wait_for, write_loopback_network
 
 SLEEP = ["sleep", "3600"]
 
@@ -25,6 +25,7 @@ def cri(start_ocid, registry, busybox_image) -> Cri:
     """An ocid with the busybox test image pulled."""
     daemon = start_ocid()
     write_registries(daemon, insecure(registry.host))
+    write_loopback_network(daemon.workdir)
     client = Cri(daemon)
     client.image = busybox_image.reference  # type: ignore[attr-defined]
     client.image_id = client.pull(busybox_image.reference)  # type: ignore[attr-defined]
@@ -436,3 +437,59 @@ def test_kill_9_during_churn_leaks_nothing(cri, start_ocid):
     assert os.listdir(workdir / "root" / "sandboxes") == []
     assert os.listdir(workdir / "root" / "containers") == []
     assert not [n for n in os.listdir(workdir / "netns")]
+
+
+def _verbose(cri: Cri, cid: str) -> dict:
+    return json.loads(cri.call("ContainerStatus", api_pb2.ContainerStatusRequest(
+        container_id=cid, verbose=True)).info["info"])
+
+
+def test_remove_cuts_a_long_stop_short(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))  # PID 1 ignores SIGTERM
+    stopper = threading.Thread(target=cri.stop, args=(cid, 30))
+    stopper.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    cri.remove(cid)
+    assert time.monotonic() - started < 3
+    stopper.join(timeout=5)
+    assert not stopper.is_alive() and cri.containers() == []
+
+
+def test_a_dead_monitor_is_noticed(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))
+    info = _verbose(cri, cid)
+    os.kill(info["conmonPid"], signal.SIGKILL)  # a conmon this test's ocid started
+    assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING  # the process itself lives on
+    os.kill(info["pid"], signal.SIGKILL)
+    s = cri.wait_exited(cid, within=15)
+    assert s.exit_code in (137, 255) and s.reason == "Error"
+
+
+def test_exec_sync_output_is_capped(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))
+    r = cri.exec(cid, "/bin/busybox", "dd", "if=/dev/zero", "bs=1048576", "count=20",
+                 timeout=60)
+    assert r.exit_code == 0 and len(r.stdout) == 8 * 1024 * 1024  # 20 MiB written, 8 kept
+
+
+def test_stop_keeps_its_timeout_when_the_runtime_hangs(start_ocid, registry, busybox_image,
+                                                        tmp_path):
+    wrapper = tmp_path / "runc-hangs-on-kill"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = kill ] && exec sleep 30; done\n'
+                       'exec /usr/sbin/runc "$@"\n')
+    wrapper.chmod(0o755)
+    daemon = start_ocid(config_text=f'[ocid.runtime.runtimes.hangs]\nruntime_path = "{wrapper}"\n')
+    write_registries(daemon, insecure(registry.host))
+    write_loopback_network(daemon.workdir)
+    cri = Cri(daemon)
+    cri.pull(busybox_image.reference)
+    pod_id = cri.run_pod(pod_config(), handler="hangs")
+    cid = cri.run(pod_id, container_config(busybox_image.reference, SLEEP))
+    started = time.monotonic()
+    cri.stop(cid, timeout=1)
+    assert time.monotonic() - started < 4  # 1 s grace + 1 s per hung runc kill, with slack
+    assert cri.status(cid).state == api_pb2.CONTAINER_EXITED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.integration.test_images import insecure, write_registries
 from tests.support.cleanup import leftovers
-from tests.support.cri import wait_for
+from tests.support.cri import wait_for, write_loopback_network
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
 
@@ -20,6 +21,7 @@ def env(start_ocid, registry, busybox_image, tmp_path):
     """A running ocid with the busybox image pulled, and fixture writers."""
     daemon = start_ocid()
     write_registries(daemon, insecure(registry.host))
+    write_loopback_network(daemon.workdir)
     daemon.ocic("image", "pull", "--quiet", busybox_image.reference)
     return Fixtures(daemon, busybox_image.reference, tmp_path)
 
@@ -158,6 +160,11 @@ def test_other_container_fixtures_run(env, name):
 def test_hostnet_fixture_sees_the_host(env):
     pod = env.out("pod", "create", "--config", env.file("sandbox_config_hostnet.json")).strip()
     assert env.block("pod", "status", "--id", pod)["Status"] == "SANDBOX_READY"
+    ctr = env.out("ctr", "create", "--pod", pod, "--config",
+                  env.file("container_config.json")).strip()
+    env.ocic("ctr", "start", "--id", ctr)
+    links = env.out("ctr", "execsync", "--id", ctr, "ls", "/sys/class/net").split()
+    assert sorted(links) == sorted(os.listdir("/sys/class/net"))
 
 
 def _snapshot(env, pod: str, ctrs: list[str]) -> list[str]:

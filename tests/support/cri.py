@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2
 
 from tests.support.images import BUSYBOX_APPLETS  # noqa: F401 - the applets tests may run
+
+
+LOOPBACK_NETWORK = {"cniVersion": "1.0.0", "name": "ocid-test-lo",
+                    "plugins": [{"type": "loopback"}]}
+
+
+def write_loopback_network(workdir: Path) -> None:
+    """A CNI network of the loopback plugin only: pods get a namespace but no address.
+
+    Enough for tests about pods and containers; network tests write a bridge network.
+    """
+    (workdir / "net.d" / "99-loopback.conflist").write_text(json.dumps(LOOPBACK_NETWORK))
 
 
 def pod_config(name: str = "", *, namespace: str = "default", log_dir: str = "",
