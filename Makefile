@@ -35,6 +35,7 @@ venv: $(VENV)/.stamp-run
 test-venv: $(VENV)/.stamp-test
 
 run: deps venv
+	@hack/install-cni-config contrib/cni/10-ocid-bridge.conflist /etc/cni/net.d
 	exec $(VENV)/bin/ocid $(OCID_FLAGS)
 
 test: test-deps test-venv

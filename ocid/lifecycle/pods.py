@@ -214,7 +214,7 @@ class SandboxManager:
             pod_id=sb.id, netns_path=sb.netns_path, name=req.name, namespace=req.namespace,
             uid=req.uid, port_mappings=req.port_mappings, annotations=dict(req.annotations)))
         sb.ips = tuple(status.ips)
-        if req.port_mappings and status.bridge:
+        if status.bridge and any(m.host_port > 0 for m in req.port_mappings):
             self.ctx.localhost.acquire(status.bridge)
             sb.localhost_bridge = status.bridge
         self.ctx.sandboxes.save(sb)

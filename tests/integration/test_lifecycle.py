@@ -156,9 +156,12 @@ def test_exec_sync_output_exit_code_and_timeout(cri):
     r = cri.exec(cid, "sh", "-c", "echo out; echo err >&2; exit 5")
     assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 5)
     started = time.monotonic()
-    r = cri.exec(cid, "sh", "-c", "trap '' TERM; sleep 30", timeout=1)
+    r = cri.exec(cid, "sh", "-c", "trap '' TERM; sleep 31", timeout=1)
     assert time.monotonic() - started < 3
     assert r.exit_code == -1 and b"timed out" in r.stderr
+    # The timed-out command is gone from the container, its child included.
+    procs = cri.exec(cid, "sh", "-c", "cat /proc/[0-9]*/cmdline").stdout
+    assert b"sleep\x003600" in procs and b"sleep\x0031" not in procs
     with pytest.raises(grpc.RpcError) as err:
         cri.exec(cid)
     assert _code(err) == grpc.StatusCode.INVALID_ARGUMENT

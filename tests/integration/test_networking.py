@@ -54,8 +54,12 @@ class Network:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
 
 
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
 @pytest.fixture
 def net(start_ocid, registry, busybox_image):
+    forwarding = IP_FORWARD.read_text()  # the bridge plugin turns it on for its gateway
     daemon = start_ocid()
     write_registries(daemon, insecure(registry.host))
     cri = Cri(daemon)
@@ -69,6 +73,7 @@ def net(start_ocid, registry, busybox_image):
 
     remove_all_pods(cri.daemon)
     network.remove()
+    IP_FORWARD.write_text(forwarding)
 
 
 def _run_httpd(cri, **pod_kwargs) -> tuple[str, str, str]:
