@@ -136,7 +136,7 @@ class OciRuntime:
 
     def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run one runc subcommand; raise the ocid error matching its message on failure."""
-        cmd = [*self._global_args(), *args]
+        cmd = [*self.global_args(), *args]
         try:
             proc = subprocess.run(
                 cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
@@ -150,7 +150,7 @@ class OciRuntime:
             raise self._error(args[0], args[-1] if len(args) > 1 else "", proc.stderr)
         return proc
 
-    def _global_args(self) -> list[str]:
+    def global_args(self) -> list[str]:
         """The runtime binary and the flags every runc call takes."""
         systemd = ["--systemd-cgroup"] if self.paths.systemd_cgroup else []
         return [self.paths.runtime_path, "--root", self.paths.runtime_root, *systemd]
@@ -384,7 +384,7 @@ class OciRuntime:
         with tempfile.TemporaryDirectory(prefix="ocid-exec-") as tmp:
             spec, pidfile = os.path.join(tmp, "process.json"), os.path.join(tmp, "pid")
             Path(spec).write_text(json.dumps(process))
-            cmd = [*self._global_args(), "exec", "--process", spec, "--pid-file", pidfile,
+            cmd = [*self.global_args(), "exec", "--process", spec, "--pid-file", pidfile,
                    container_id]
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
