@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
@@ -13,7 +15,7 @@ from ocid import errors
 from .cli import Settings, cli, pass_settings
 from .client import CriClient
 from .complete import complete_container_ids, complete_pod_ids
-from .pods import RUNTIME_REQUEST_TIMEOUT, config_file, label_option, slow_client
+from .pods import RUNTIME_REQUEST_TIMEOUT, config_file, label_option, slow_client, transport_option
 from .render import (
     container_text,
     containers_table,
@@ -36,7 +38,14 @@ id_option = click.option("--id", "ctr_id", required=True, metavar="CONTAINER",
 
 @cli.group()
 def ctr() -> None:
-    """Create, start, stop, remove, inspect and list containers; exec in them; read their logs."""
+    """Create, start, stop, remove, inspect and list containers; exec, attach, read logs."""
+
+
+interactive_option = click.option("--interactive", "-i", is_flag=True,
+                                  help="Pass ocic's standard input to the container.")
+tty_option = click.option("--tty", "-t", is_flag=True,
+                          help="Use a terminal: ocic's own, in raw mode, with its size kept in "
+                               "step (needs -i and a terminal on stdin).")
 
 
 def _sandbox_config(settings: Settings, pod_id: str, pod_config: str | None) -> tuple[str, Any]:
@@ -275,3 +284,111 @@ def logs(settings: Settings, ctr_id: str, follow: bool, tail: int | None, timest
     finally:
         for name in ("stdout", "stderr"):
             _binary(name).flush()
+
+
+def _check_tty(interactive: bool, tty: bool) -> None:
+    """-t needs -i and a terminal, checked before the RPC hands out a one-time URL."""
+    ctx = click.get_current_context()
+    if tty and not interactive:
+        raise click.UsageError("-t/--tty needs -i/--interactive", ctx=ctx)
+    if tty and not sys.stdin.isatty():
+        raise click.UsageError("-t/--tty needs a terminal on standard input", ctx=ctx)
+
+
+def _terminal_size() -> tuple[int, int] | None:
+    for stream in (sys.stdout, sys.stdin):
+        try:
+            size = os.get_terminal_size(stream.fileno())
+        except (OSError, ValueError):
+            continue
+        return size.columns, size.lines
+    return None
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[Iterable[tuple[int, int]] | None]:
+    """Put the terminal on stdin in raw mode and yield its sizes: now, then after each SIGWINCH.
+
+    The terminal and the SIGWINCH handler are restored however the block ends.
+    """
+    if not enabled:
+        yield None
+        return
+    import queue
+    import signal
+    import termios
+    import tty
+
+    # SimpleQueue.put may be called from a signal handler.
+    sizes: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+    def on_resize(signum: int, frame: Any) -> None:
+        if (size := _terminal_size()) is not None:
+            sizes.put(size)
+
+    def iterate() -> Iterator[tuple[int, int]]:
+        while (size := sizes.get()) is not None:
+            yield size
+
+    on_resize(signal.SIGWINCH, None)
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    previous = signal.signal(signal.SIGWINCH, on_resize)
+    try:
+        tty.setraw(fd)
+        yield iterate()
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+        sizes.put(None)
+
+
+def _stream(run: Callable[..., int], url: str, interactive: bool, tty: bool, transport: str
+            ) -> NoReturn:
+    """Stream ocic's stdio through ``url`` (raw terminal with -t); exit with the remote code."""
+    with _raw_terminal(tty) as sizes:
+        code = run(url, stdin=sys.stdin.buffer if interactive else None, stdout=_binary("stdout"),
+                   stderr=None if tty else _binary("stderr"), tty=tty, resize_source=sizes,
+                   transport=transport)
+    raise click.exceptions.Exit(code)
+
+
+# Options end at the command, so `exec --id X ls -l` needs no `--`.
+@ctr.command("exec", context_settings={"allow_interspersed_args": False})
+@id_option
+@interactive_option
+@tty_option
+@transport_option
+@click.argument("command", nargs=-1, required=True)
+@pass_settings
+def exec_command(settings: Settings, ctr_id: str, interactive: bool, tty: bool,
+                 transport: str, command: tuple[str, ...]) -> None:
+    """Run a command in a container, streaming its input and output; exit with its exit code."""
+    from cri_api.v1 import api_pb2
+
+    from .streaming import exec_stream
+
+    _check_tty(interactive, tty)
+    request = api_pb2.ExecRequest(container_id=ctr_id, cmd=list(command), tty=tty,
+                                  stdin=interactive, stdout=True, stderr=not tty)
+    _stream(exec_stream, settings.client().runtime("Exec", request).url, interactive, tty,
+            transport)
+
+
+@ctr.command("attach")
+@id_option
+@interactive_option
+@tty_option
+@transport_option
+@pass_settings
+def attach(settings: Settings, ctr_id: str, interactive: bool, tty: bool, transport: str) -> None:
+    """Attach to a running container's standard streams until they end."""
+    from cri_api.v1 import api_pb2
+
+    from .streaming import attach_stream
+
+    _check_tty(interactive, tty)
+    request = api_pb2.AttachRequest(container_id=ctr_id, stdin=interactive, tty=tty,
+                                    stdout=True, stderr=not tty)
+    _stream(attach_stream, settings.client().runtime("Attach", request).url, interactive, tty,
+            transport)

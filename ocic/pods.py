@@ -1,4 +1,4 @@
-"""``ocic pod``: run, stop, remove, inspect and list pod sandboxes through the CRI."""
+"""``ocic pod``: run, stop, remove, inspect and list pod sandboxes; forward ports to them."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     return pairs
 
 
+transport_option = click.option(
+    "--transport", type=click.Choice(["spdy", "websocket"]), default="spdy", show_default=True,
+    help="Streaming protocol: SPDY/3.1 (as crictl and the kubelet use) or WebSocket (v5 "
+         "channels; port-forward tunnels SPDY through it).")
+
 pod_id_option = click.option("--id", "pod_id", required=True, metavar="POD",
                              shell_complete=complete_pod_ids,
                              help="ID (or unique prefix) of the pod.")
@@ -48,7 +53,7 @@ config_file = click.Path(exists=True, dir_okay=False)
 
 @cli.group()
 def pod() -> None:
-    """Run, stop, remove, inspect and list pod sandboxes."""
+    """Run, stop, remove, inspect and list pod sandboxes; forward ports to them."""
 
 
 @pod.command("create")
@@ -146,3 +151,52 @@ def list_pods(settings: Settings, pod_id: str | None, state: str | None, labels:
         click.echo(pods_table(list(response.items)))
     elif response.items:
         click.echo("\n\n".join(pod_text(item) for item in response.items))
+
+
+def _port_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                ) -> list[tuple[int, int]]:
+    """``[LOCAL:]REMOTE`` as kubectl reads it: LOCAL defaults to REMOTE; empty or 0 picks one."""
+    pairs = []
+    for item in values:
+        local, sep, remote = item.rpartition(":")
+        try:
+            remote_port = int(remote)
+            local_port = int(local) if local else (0 if sep else remote_port)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not [LOCAL:]REMOTE",
+                                     ctx=ctx, param=param) from None
+        if not 0 < remote_port < 65536 or not 0 <= local_port < 65536:
+            raise click.BadParameter(f"{item!r}: ports go from 1 to 65535", ctx=ctx, param=param)
+        pairs.append((local_port, remote_port))
+    return pairs
+
+
+@pod.command("port-forward")
+@pod_id_option
+@click.option("--address", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Local address to listen on.")
+@transport_option
+@click.argument("ports", nargs=-1, required=True, metavar="[LOCAL:]REMOTE...", callback=_port_pairs)
+@pass_settings
+def port_forward(settings: Settings, pod_id: str, address: str, transport: str,
+                 ports: list[tuple[int, int]]) -> None:
+    """Forward local ports to a pod's ports (LOCAL defaults to REMOTE) until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from cri_api.v1 import api_pb2
+
+    from .streaming import port_forward as forward
+
+    remote_ports = list(dict.fromkeys(remote for _, remote in ports))
+    request = api_pb2.PortForwardRequest(pod_sandbox_id=pod_id, port=remote_ports)
+    url = settings.client().runtime("PortForward", request).url
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set())
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        forward(url, [(address, local, remote) for local, remote in ports], transport, stop=stop,
+                out=click.echo, err=lambda line: click.echo(line, err=True))
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -125,6 +125,8 @@ class Daemon:
         from ocid.image.service import ImageService
         from ocid.lifecycle.service import Lifecycle
         from ocid.reaper import Reaper
+        from ocid.server.streaming import StreamBackend
+        from ocid.stream.server import StreamServer
 
         # conmon processes re-parent to us, not to a slow init, and we reap them; a monitor
         # or init that dies that way may change a container's state.
@@ -139,7 +141,11 @@ class Daemon:
         images = ImageService(self.config)
         lifecycle = Lifecycle(self.config, images)
         lifecycle.start()
-        server = create_server(self.config, images, lifecycle)
+        api = self.config.api
+        streams = StreamServer(StreamBackend(lifecycle), api.stream_address, api.stream_port,
+                               tls_cert=api.stream_tls_cert, tls_key=api.stream_tls_key)
+        streams.start()  # an address in use or bad TLS files: an OcidError naming them
+        server = create_server(self.config, images, lifecycle, streams)
         old_umask = os.umask(0o117)  # the socket is created 0660, never briefly wider
         try:
             bound = server.add_insecure_port(f"unix:{listen}")
@@ -160,6 +166,7 @@ class Daemon:
         finally:
             notify_systemd("STOPPING=1", notify_address)
             server.stop(STOP_GRACE_SECONDS).wait()
+            streams.stop()
             lifecycle.close()
             images.close()
             reaper.stop()

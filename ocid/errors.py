@@ -10,6 +10,7 @@ one place, and the CLIs map them to a message and an exit code.
     ├── AlreadyExists              a name or ID is taken                  (ALREADY_EXISTS)
     ├── FailedPrecondition         the object is in the wrong state       (FAILED_PRECONDITION)
     ├── Unavailable                a backend cannot be reached right now  (UNAVAILABLE)
+    ├── ResourceExhausted          a limit is reached (streaming URLs)    (RESOURCE_EXHAUSTED)
     ├── DeadlineExceeded           an operation ran past its time limit   (DEADLINE_EXCEEDED)
     ├── Unimplemented              the RPC or feature does not exist yet  (UNIMPLEMENTED)
     └── InternalError              a bug or an unexpected backend failure (INTERNAL)
@@ -55,6 +56,10 @@ class FailedPrecondition(OcidError):
 
 class Unavailable(OcidError):
     """A backend (runtime, registry, network) cannot be used right now."""
+
+
+class ResourceExhausted(OcidError):
+    """A limit is reached: try again later."""
 
 
 class DeadlineExceeded(OcidError):

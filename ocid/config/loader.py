@@ -208,6 +208,8 @@ def validate(config: Config) -> None:
         raise ConfigError("ocid.image.max_parallel_downloads must be at least 1")
     if not 0 <= config.api.stream_port <= 65535:
         raise ConfigError(f"ocid.api.stream_port must be between 0 and 65535, not {config.api.stream_port}")
+    if bool(config.api.stream_tls_cert) != bool(config.api.stream_tls_key):
+        raise ConfigError("ocid.api.stream_tls_cert and stream_tls_key must be set together")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

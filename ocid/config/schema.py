@@ -75,6 +75,10 @@ class ApiSection:
     stream_address: str = option("127.0.0.1",
                                  "Address of the streaming server (exec, attach, port-forward).")
     stream_port: int = option(10010, "Port of the streaming server; 0 picks a free port.")
+    stream_tls_cert: str = option("", "TLS certificate of the streaming server; empty: plain HTTP.",
+                                  absolute=True)
+    stream_tls_key: str = option("", "TLS key of the streaming server (with stream_tls_cert).",
+                                 absolute=True)
 
 
 @dataclass

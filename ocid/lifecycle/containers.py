@@ -48,7 +48,8 @@ from ocid.lifecycle.records import (
     matching_ids,
     now_ns,
 )
-from ocid.oci import spec
+from ocid.oci import spec, streams
+from ocid.oci.streams import StreamIO
 from ocid.oci.runtime import ExecResult
 
 log = logging.getLogger("ocid.lifecycle")
@@ -343,6 +344,27 @@ class ContainerManager:
             raise InvalidArgument(f"timeout {timeout} must not be negative")
         c = self._running(text)
         return self._runtime(c).exec_sync(c.id, self.bundle(c.id), command, timeout or None)
+
+    def exec_stream(self, text: str, command: list[str], io: StreamIO, *, tty: bool) -> int:
+        """Run a command in a running container with streamed stdio; its exit code."""
+        if not command:
+            raise InvalidArgument("no command given to run in the container")
+        c = self._running(text)
+        return streams.exec_interactive(self._runtime(c), c.id, self.bundle(c.id), command, io,
+                                        tty=tty)
+
+    def attach_stream(self, text: str, io: StreamIO, *, tty: bool) -> None:
+        """Stream a running container's main process through conmon's attach socket."""
+        c = self._running(text)
+        streams.attach(self.ctx.attach_dir, c.id, self.bundle(c.id), io, tty=tty,
+                       stdin_once=c.request.stdin_once)
+
+    def check_streamable(self, text: str, *, stdin: bool) -> Container:
+        """A running container, and one that has a stdin when an attach asks for it."""
+        c = self._running(text)
+        if stdin and not c.request.stdin:
+            raise InvalidArgument(f"container {c.id} was created without stdin")
+        return c
 
     def reopen_log(self, text: str) -> None:
         """Make conmon reopen the log file (after the kubelet rotated it); wait for it."""

@@ -34,7 +34,7 @@ from ocid.lifecycle.records import (
 )
 from ocid.network import netns
 from ocid.network.cni import PodNetwork
-from ocid.oci import spec
+from ocid.oci import spec, streams
 from ocid.oci.runtime import start_time
 
 log = logging.getLogger("ocid.lifecycle")
@@ -328,6 +328,13 @@ class SandboxManager:
             self.ctx.sandboxes.save(sb)
             log.warning("pod %s: infra container exited while ocid was down", sb.id)
         return True
+
+    def dial(self, text: str, port: int) -> socket.socket:
+        """A TCP connection to ``port`` on the pod's localhost (for port forwarding)."""
+        sb = self.registry.sandbox(text)
+        if sb.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+        return streams.dial_in_netns(sb.netns_path, port)
 
     # -- queries ---------------------------------------------------------------------------
 

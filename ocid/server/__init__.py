@@ -10,12 +10,14 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 from ocid.config import Config
 from ocid.image.service import ImageService
 from ocid.lifecycle.service import Lifecycle
+from ocid.stream.server import StreamServer
 
 from .container import ContainerHandlers
 from .image import ImageHandlers
 from .instrument import instrument
 from .runtime import RuntimeInfoHandlers
 from .sandbox import SandboxHandlers
+from .streaming import StreamingHandlers
 
 # The kubelet allows CRI messages up to 16 MiB (ListContainers on a busy node is large).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -23,8 +25,8 @@ RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
 IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"]
 
 
-def create_server(config: Config, images: ImageService, lifecycle: Lifecycle, *,
-                  max_workers: int = 32) -> grpc.Server:
+def create_server(config: Config, images: ImageService, lifecycle: Lifecycle,
+                  streams: StreamServer, *, max_workers: int = 32) -> grpc.Server:
     """A gRPC server with both CRI services registered (not yet bound or started)."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
@@ -35,7 +37,7 @@ def create_server(config: Config, images: ImageService, lifecycle: Lifecycle, *,
         ],
     )
     runtime_handlers = [RuntimeInfoHandlers(config, images, lifecycle.ctx.cni), SandboxHandlers(lifecycle),
-                        ContainerHandlers(lifecycle)]
+                        ContainerHandlers(lifecycle), StreamingHandlers(lifecycle, streams)]
     image_handlers = [ImageHandlers(images)]
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(
         instrument(RUNTIME_SERVICE, runtime_handlers), server)

@@ -91,6 +91,8 @@ def write_config(workdir: Path, text: str = "") -> Path:
     path = workdir / "ocid.conf"
     if "[ocid.network]" not in text:
         text += f'\n[ocid.network]\nnetwork_dir = "{net}"\nnetns_dir = "{workdir / "netns"}"\n'
+    if "[ocid.api]" not in text:  # many daemons at once: each streams on a free port
+        text += "\n[ocid.api]\nstream_port = 0\n"
     if "[ocid.image]" not in text:
         text += ("\n[ocid.image]\n"
                  f'registries_conf = "{containers}/registries.conf"\n'

@@ -77,8 +77,8 @@ def test_runtime_config_reports_the_cgroup_driver(start_ocid, manager, driver):
 
 
 @pytest.mark.parametrize(("service", "method", "request_type"), [
-    ("runtime", "Exec", api_pb2.ExecRequest),
-    ("runtime", "PortForward", api_pb2.PortForwardRequest),
+    ("runtime", "ContainerStats", api_pb2.ContainerStatsRequest),
+    ("runtime", "UpdateContainerResources", api_pb2.UpdateContainerResourcesRequest),
     ("runtime", "CheckpointContainer", api_pb2.CheckpointContainerRequest),
 ])
 def test_other_rpcs_answer_unimplemented_with_their_name(ocid, service, method, request_type):
