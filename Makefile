@@ -1,6 +1,7 @@
-# The two commands a new user needs (see README.md):
+# The commands a new user needs (see README.md):
 #   sudo make run    install what ocid needs and run it in the foreground with its defaults
 #   sudo make test   install the same plus the test dependencies and run the whole suite
+#   sudo make bench  install containerd too and run the benchmarks (benchmarks/README.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,14 +13,20 @@ PYTEST_FLAGS ?=
 RUNTIME_PACKAGES := python3 python3-venv runc crun conmon catatonit containernetworking-plugins iptables
 # What the tests use besides: a static busybox to build images, a local registry, skopeo, man page lint.
 TEST_PACKAGES := busybox-static docker-registry skopeo mandoc man-db bash-completion
+# What the benchmarks use: the test images and registry, and containerd as the reference runtime.
+BENCH_PACKAGES := busybox-static docker-registry skopeo containerd
+BENCH_FLAGS ?=
 
-.PHONY: run test deps test-deps venv test-venv install man completions clean
+.PHONY: run test bench deps test-deps bench-deps venv test-venv install man completions clean
 
 deps:
 	@hack/apt-ensure $(RUNTIME_PACKAGES)
 
 test-deps: deps
 	@hack/apt-ensure $(TEST_PACKAGES)
+
+bench-deps: deps
+	@hack/apt-ensure $(BENCH_PACKAGES)
 
 $(VENV)/.stamp-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +47,12 @@ run: deps venv
 
 test: test-deps test-venv
 	$(VENV)/bin/pytest $(PYTEST_FLAGS)
+
+# ocid next to containerd's CRI plugin (benchmarks/cri.py; BENCH_FLAGS="--quick" for a smoke
+# test), then the cold-pull benchmark against skopeo. Results go to benchmarks/results/.
+bench: bench-deps test-venv
+	$(VENV)/bin/python benchmarks/cri.py $(BENCH_FLAGS)
+	$(VENV)/bin/python benchmarks/pull.py
 
 # Regenerate the man pages and bash completions from the click command tree and the config definition.
 man completions: test-venv

@@ -240,8 +240,9 @@ def pull_kpod(image: TestImage, scratch: Path) -> float:
     elapsed, out = run_timed([KPOD, "--config", str(config), "--root", str(workdir / "root"),
                               "--runroot", str(workdir / "run"), "pull", "--quiet",
                               "--tls-verify=false", image.reference])
-    if out.strip() != image.built.image_id:
-        raise RuntimeError(f"kpod pulled {out.strip()!r}, expected {image.built.image_id}")
+    image_id = image.built.config_digest.removeprefix("sha256:")  # what --quiet prints
+    if out.strip() != image_id:
+        raise RuntimeError(f"kpod pulled {out.strip()!r}, expected {image_id}")
     return elapsed
 
 

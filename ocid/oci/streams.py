@@ -38,7 +38,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocid.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
@@ -66,12 +66,14 @@ class StreamIO:
 
     ``stdin`` blocks for data and returns ``b""`` at EOF. ``stdout``/``stderr`` may raise when the
     client is gone. ``resizes`` carries (width, height) events; a None in it ends them.
+    ``gone`` is set when the client went away: an exec is then killed, an attach detaches.
     """
 
     stdin: Callable[[], bytes] | None = None
     stdout: Callable[[bytes], None] | None = None
     stderr: Callable[[bytes], None] | None = None  # unused with a tty: the pty has one output
     resizes: queue.Queue[Resize | None] | None = None
+    gone: threading.Event = field(default_factory=threading.Event)
 
 
 # -- shared plumbing ------------------------------------------------------------------------
@@ -251,7 +253,7 @@ def exec_interactive(
         user = process.get("user") or {}
         owner = (int(user.get("uid", 0)), int(user.get("gid", 0)))
         run = _exec_tty if tty else _exec_pipes
-        code = run(argv, io, owner, pidfile, cancel)
+        code = run(argv, io, owner, pidfile, cancel if cancel is not None else io.gone)
     log.debug("exec %s in %s: exit code %d", cmd[0], container_id, code)
     return code
 
@@ -495,6 +497,8 @@ def attach(
     go to conmon's ctl FIFO in the bundle. ``stdin_once`` and ``tty`` are the container's config.
     Raises FailedPrecondition when there is no attach socket (the container is not running).
     """
+    if cancel is None:
+        cancel = io.gone
     sock = _connect_attach(attach_dir, container_id)
     sock.setblocking(False)
     writer = _Writer(sock.fileno(), owned=False, on_eof=lambda: sock.shutdown(socket.SHUT_WR))

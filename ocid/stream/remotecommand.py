@@ -141,6 +141,9 @@ def run_attach(backend: Backend, call: AttachCall, io: StreamIO) -> Status:
 # --- resize events -----------------------------------------------------------------------------
 
 
+RESIZE_PENDING_MAX = 4096
+
+
 class ResizeDecoder:
     """A stream of ``{"Width":W,"Height":H}`` JSON values into (width, height) events.
 
@@ -156,9 +159,22 @@ class ResizeDecoder:
         self.ended = False
 
     def feed(self, data: bytes) -> None:
-        """Decode what ``data`` completes; later data after an error is ignored."""
+        """Decode what ``data`` completes; later data after an error is ignored.
+
+        A resize message is ~30 bytes: more than RESIZE_PENDING_MAX pending, or any value the
+        parser chokes on (deep nesting, huge numbers), ends the events instead of growing.
+        """
         if self.ended:
             return
+        if len(self._raw) + len(self._buf) + len(data) > RESIZE_PENDING_MAX:
+            self.end()
+            return
+        try:
+            self._feed(data)
+        except (ValueError, RecursionError):
+            self.end()
+
+    def _feed(self, data: bytes) -> None:
         self._raw += data
         try:
             text = self._raw.decode()
@@ -265,6 +281,9 @@ def serve_spdy(
             stderr=_writer(streams.get("stderr")) if call.stderr else None,
             resizes=resizes,
         )
+        # The client's connection ending (not its stdin) ends the exec or detaches the attach.
+        threading.Thread(target=_signal_when_closed, args=(session, io.gone),
+                         name="spdy-watch", daemon=True).start()
         status = run(io)
         payload = status.json() if version >= 4 else status.text()
         if payload and error is not None:
@@ -279,6 +298,11 @@ def serve_spdy(
             stream.reset()
         session.close()
         session.wait_closed(session.linger + 1)
+
+
+def _signal_when_closed(session: spdy.Session, gone: threading.Event) -> None:
+    session.wait_closed()
+    gone.set()
 
 
 def _wait_for_streams(session: spdy.Session, cond: threading.Condition,
@@ -396,6 +420,7 @@ def serve_websocket(ws: WebSocket, call: Requested, run: Callable[[StreamIO], St
     stdin = Pipe() if call.stdin else None
     resizes: queue.Queue[tuple[int, int] | None] | None = queue.Queue() if call.tty else None
     decoder = ResizeDecoder(resizes) if resizes is not None else None
+    gone = threading.Event()  # set when the client's connection ends
 
     def read_loop() -> None:
         try:
@@ -413,6 +438,7 @@ def serve_websocket(ws: WebSocket, call: Requested, run: Callable[[StreamIO], St
                     decoder.feed(payload)
                 # Anything else, like data for a channel not requested, is dropped.
         finally:
+            gone.set()
             if stdin is not None:
                 stdin.close()
             if decoder is not None:
@@ -429,6 +455,7 @@ def serve_websocket(ws: WebSocket, call: Requested, run: Callable[[StreamIO], St
             stdout=_channel(write, STDOUT) if call.stdout else None,
             stderr=_channel(write, STDERR) if call.stderr else None,
             resizes=resizes,
+            gone=gone,
         )
         status = run(io)
         payload = status.json() if protocol in (V4, V4_BASE64, V5) else status.text()

@@ -110,8 +110,12 @@ def test_attach_sees_output_and_feeds_stdin(cri, transport):
         url=url, stdin=None, stdout=out, stderr=io.BytesIO(), transport=transport), daemon=True)
     thread.start()
     wait_for(lambda: out.getvalue(), lambda v: v.count(b"tick") >= 2, within=15)
-    # Detaching leaves the container running.
+    _detach_raw(cri, ticker)  # a client that just goes away: the container runs on
+    time.sleep(0.5)
     assert cri.status(ticker).state == api_pb2.CONTAINER_RUNNING
+    log = cri.status(ticker).log_path
+    before = open(log).read().count("tick")
+    wait_for(lambda: open(log).read().count("tick"), lambda n: n > before)
 
     reader = container_config(cri.image, ["sh", "-c", "read line; echo got:$line"],
                               stdin=True, stdin_once=True)
@@ -123,6 +127,35 @@ def test_attach_sees_output_and_feeds_stdin(cri, transport):
                                    stderr=io.BytesIO(), transport=transport)
     assert code == 0 and got.getvalue() == b"got:hello\n"
     assert cri.wait_exited(cid).exit_code == 0
+
+
+def _ws_url(url: str) -> str:
+    return "ws" + url[len("http"):]
+
+
+def _detach_raw(cri, cid: str) -> None:
+    """Attach over WebSocket, read the first output, then drop the connection."""
+    from websockets.sync.client import connect
+
+    url = cri.call("Attach", api_pb2.AttachRequest(container_id=cid, stdout=True,
+                                                   stderr=True)).url
+    with connect(_ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:
+        ws.recv(timeout=10)
+
+
+def test_a_client_that_goes_away_ends_its_exec(cri, ctr):
+    from websockets.sync.client import connect
+
+    url = _exec_url(cri, ctr, "sh", "-c", "sleep 4711")
+    with connect(_ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:
+        ws.recv(timeout=10)  # the session is up
+        wait_for(lambda: cri.exec(ctr, "cat", "/proc/1/cmdline").stdout, bool)
+        assert b"4711" in _cmdlines(cri, ctr)
+    wait_for(lambda: _cmdlines(cri, ctr), lambda text: b"4711" not in text, within=10)
+
+
+def _cmdlines(cri, cid: str) -> bytes:
+    return cri.exec(cid, "sh", "-c", "cat /proc/[0-9]*/cmdline").stdout
 
 
 class _Collector(io.BytesIO):
@@ -164,7 +197,6 @@ def test_port_forward_two_ports(cri, transport):
                 body = wait_for(lambda local=local, remote=remote: _get(
                     f"http://127.0.0.1:{local}/i{remote}.html"), bool)
                 assert body == f"port-{remote}\n"
-        # A port nothing listens on: an error for that connection, not a hang.
     finally:
         stop.set()
         thread.join(10)
@@ -179,7 +211,8 @@ def _get(url: str) -> str:
         return ""
 
 
-def test_port_forward_to_a_closed_port_fails_that_connection(cri):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_port_forward_to_a_closed_port_fails_that_connection(cri, transport):
     pod_id, _ = _pod(cri)
     url = cri.call("PortForward", api_pb2.PortForwardRequest(pod_sandbox_id=pod_id,
                                                              port=[9999])).url
@@ -187,8 +220,8 @@ def test_port_forward_to_a_closed_port_fails_that_connection(cri):
     bound: list = []
     errors: list[str] = []
     thread = threading.Thread(target=streaming.port_forward, kwargs=dict(
-        url=url, mappings=[("127.0.0.1", 0, 9999)], stop=stop, ready=bound.extend,
-        out=lambda line: None, err=errors.append), daemon=True)
+        url=url, mappings=[("127.0.0.1", 0, 9999)], transport=transport, stop=stop,
+        ready=bound.extend, out=lambda line: None, err=errors.append), daemon=True)
     thread.start()
     wait_for(lambda: len(bound), lambda n: n == 1)
     with socket.create_connection(("127.0.0.1", bound[0][1]), timeout=10) as conn:
