@@ -181,3 +181,18 @@ def remove_all_pods(daemon: OcidDaemon) -> None:
 def ocid(start_ocid) -> OcidDaemon:
     """One running ocid with an empty CNI config directory."""
     return start_ocid()
+
+
+@pytest.fixture
+def cri(start_ocid, registry, busybox_image):
+    """An ocid with the busybox test image pulled and a loopback-only CNI network."""
+    from tests.integration.test_images import insecure, write_registries
+    from tests.support.cri import Cri, write_loopback_network
+
+    daemon = start_ocid()
+    write_registries(daemon, insecure(registry.host))
+    write_loopback_network(daemon.workdir)
+    client = Cri(daemon)
+    client.image = busybox_image.reference  # type: ignore[attr-defined]
+    client.image_id = client.pull(busybox_image.reference)  # type: ignore[attr-defined]
+    return client

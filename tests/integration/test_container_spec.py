@@ -11,7 +11,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from ocid.oci.spec import parse_capbnd
-from tests.integration.test_lifecycle import SLEEP, _pod, cri  # noqa: F401 - the fixture
+from tests.integration.test_lifecycle import SLEEP, _pod
 from tests.support.cri import container_config, pod_config, wait_for
 
 

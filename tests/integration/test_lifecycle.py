@@ -20,18 +20,6 @@ from tests.support.cri import Cri, container_config, pod_config, wait_for, write
 SLEEP = ["sleep", "3600"]
 
 
-@pytest.fixture
-def cri(start_ocid, registry, busybox_image) -> Cri:
-    """An ocid with the busybox test image pulled."""
-    daemon = start_ocid()
-    write_registries(daemon, insecure(registry.host))
-    write_loopback_network(daemon.workdir)
-    client = Cri(daemon)
-    client.image = busybox_image.reference  # type: ignore[attr-defined]
-    client.image_id = client.pull(busybox_image.reference)  # type: ignore[attr-defined]
-    return client
-
-
 def _log_dir(cri: Cri) -> str:
     return str(cri.daemon.workdir / "logs")
 

@@ -15,7 +15,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from ocic import streaming
-from tests.integration.test_lifecycle import SLEEP, _pod, cri  # noqa: F401 - the fixture
+from tests.integration.test_lifecycle import SLEEP, _pod
 from tests.support.cri import container_config, wait_for
 
 TRANSPORTS = ["spdy", "websocket"]
