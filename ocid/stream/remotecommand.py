@@ -248,13 +248,15 @@ def serve_spdy(
     def on_stream(stream: spdy.Stream) -> bool:
         kind = stream.headers.get("streamtype", "")
         with arrived:
+            if kind not in known or kind in got:
+                # cri-streaming accepts and ignores these; refused here, since a stream nobody
+                # reads would buffer up to a MiB each without limit.
+                log.warning("remotecommand: unexpected or repeated stream type %r", kind)
+                return False
             accepted.append(stream)
-            if kind in known:
-                got[kind] = stream
+            got[kind] = stream
             arrived.notify_all()
-        if kind not in known:
-            log.warning("remotecommand: unexpected stream type %r", kind)
-        return True  # cri-streaming accepts every stream and counts only known types
+        return True
 
     session = spdy.Session(transport, server=True, on_stream=on_stream,
                            idle_timeout=idle_timeout)

@@ -42,6 +42,7 @@ DEFAULT_MAX_TOKENS = 1000  # its maxInFlight
 DEFAULT_IDLE_TIMEOUT = 4 * 3600.0  # CRI-O's stream_idle_timeout default
 STREAM_CREATION_TIMEOUT = 30.0  # DefaultStreamCreationTimeout
 HEADER_TIMEOUT = 60.0  # for the request head (and the TLS handshake) before the upgrade
+MAX_UNPARSED_CONNECTIONS = 256  # connections still sending their request head
 PROTOCOL_HEADER = "X-Stream-Protocol-Version"
 ACCEPTED_HEADER = "X-Accepted-Stream-Protocol-Versions"
 KINDS = ("exec", "attach", "portforward")
@@ -255,6 +256,7 @@ class StreamServer:
 
     def handle(self, handler: _Handler) -> None:
         """Route one request: 404 unless it names a live token of the right kind."""
+        handler.server.head_parsed()  # type: ignore[attr-defined]
         match = _ROUTE.fullmatch(urlsplit(handler.path).path)
         if match is None:
             _reply(handler, 404, "404 page not found\n")
@@ -338,6 +340,10 @@ class _HTTPServer(ThreadingHTTPServer):
                  context: ssl.SSLContext | None):
         self.owner = owner
         self.ssl_context = context
+        # Connections not yet past their request head: bounded, and each on one deadline,
+        # so slow or idle clients cannot hold threads and descriptors (slowloris).
+        self.unparsed = threading.BoundedSemaphore(MAX_UNPARSED_CONNECTIONS)
+        self.connection_state = threading.local()
         if _is_ipv6(address[0]):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -349,27 +355,54 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         """The TLS handshake runs here, on the connection's own thread, not the accept loop."""
+        if not self.unparsed.acquire(blocking=False):
+            log.warning("streaming server: too many connections in progress; dropping %s",
+                        client_address)
+            return
+        state = self.connection_state
+        state.unparsed = True
+        # One deadline for the TLS handshake and the request head together.
+        state.deadline = threading.Timer(HEADER_TIMEOUT, _cut, args=(request,))
+        state.deadline.daemon = True
+        state.deadline.start()
         request.settimeout(HEADER_TIMEOUT)
         sock = request
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                log.debug("streaming server: TLS handshake with %s failed: %s",
-                          client_address, exc)
-                return
         try:
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    log.debug("streaming server: TLS handshake with %s failed: %s",
+                              client_address, exc)
+                    return
             self.RequestHandlerClass(sock, client_address, self)
         finally:
+            self.head_parsed()
             if sock is not request:
                 try:
                     sock.close()
                 except OSError:
                     pass
 
+    def head_parsed(self) -> None:
+        """This connection's request head is in: stop its deadline, free its slot."""
+        state = self.connection_state
+        if getattr(state, "unparsed", False):
+            state.unparsed = False
+            state.deadline.cancel()
+            self.unparsed.release()
+
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         log.debug("streaming server: error on connection from %s: %s", client_address,
                   sys.exc_info()[1])
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a connection whose request head did not arrive in time."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -684,3 +684,32 @@ def test_port_forward_spdy_over_websocket(server: StreamServer) -> None:
     assert session.ping() >= 0
     session.close()
     assert session.wait_closed(5)
+
+
+def test_a_slow_request_head_is_cut_at_one_deadline(backend: FakeBackend,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocid.stream.server as server_module
+
+    monkeypatch.setattr(server_module, "HEADER_TIMEOUT", 1.0)
+    srv = StreamServer(backend, "127.0.0.1", 0)
+    srv.start()
+    try:
+        host, port = srv.base_url.split("//", 1)[1].split(":")
+        started = time.monotonic()
+        with socket.create_connection((host, int(port))) as conn:
+            conn.settimeout(0.2)
+            closed = False
+            for byte in b"GET /exec/xxxxxxxx HTTP/1.1\r\n":  # one byte every 0.2 s: slowloris
+                try:
+                    conn.sendall(bytes([byte]))
+                    if conn.recv(1) == b"":
+                        closed = True
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+        assert closed and time.monotonic() - started < 3
+    finally:
+        srv.stop()
