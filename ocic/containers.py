@@ -20,8 +20,8 @@ from .render import (
     container_text,
     containers_table,
     emit,
+    emit_status,
     message_to_dict,
-    status_payload,
     text_output_option,
 )
 
@@ -139,12 +139,7 @@ def status(settings: Settings, ctr_id: str, output: str) -> None:
 
     response = settings.client().runtime("ContainerStatus",
                                          api_pb2.ContainerStatusRequest(container_id=ctr_id))
-    if output in ("json", "yaml"):
-        emit(status_payload(response), output)
-    elif output == "table":
-        click.echo(containers_table([response.status]))
-    else:
-        click.echo(container_text(response.status))
+    emit_status(response, output, containers_table, container_text)
 
 
 @ctr.command("list")

@@ -10,7 +10,14 @@ import click
 from .cli import Settings, cli, pass_settings
 from .client import CriClient
 from .complete import complete_pod_ids
-from .render import emit, message_to_dict, pod_text, pods_table, status_payload, text_output_option
+from .render import (
+    emit,
+    emit_status,
+    message_to_dict,
+    pod_text,
+    pods_table,
+    text_output_option,
+)
 
 POD_STATES = {"ready": "SANDBOX_READY", "notready": "SANDBOX_NOTREADY"}
 # The kubelet's default --runtime-request-timeout: what starting or stopping things may take.
@@ -113,12 +120,7 @@ def status(settings: Settings, pod_id: str, output: str) -> None:
 
     response = settings.client().runtime("PodSandboxStatus",
                                          api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
-    if output in ("json", "yaml"):
-        emit(status_payload(response), output)
-    elif output == "table":
-        click.echo(pods_table([response.status]))
-    else:
-        click.echo(pod_text(response.status))
+    emit_status(response, output, pods_table, pod_text)
 
 
 @pod.command("list")

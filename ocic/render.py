@@ -4,6 +4,7 @@ and the text blocks and tables of pods and containers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import tzinfo
 from typing import Any
 
@@ -167,3 +168,14 @@ def status_payload(response: Any) -> dict[str, Any]:
                 info[key] = value
         payload["info"] = info
     return payload
+
+
+def emit_status(response: Any, output: str, table: Callable[[list[Any]], str],
+                text: Callable[[Any], str]) -> None:
+    """Print a PodSandboxStatus or ContainerStatus response in the chosen output format."""
+    if output in ("json", "yaml"):
+        emit(status_payload(response), output)
+    elif output == "table":
+        click.echo(table([response.status]))
+    else:
+        click.echo(text(response.status))

@@ -122,16 +122,10 @@ class ContainerManager:
         return f"k8s_{req.name}_{p.name}_{p.namespace}_{p.uid}_{req.attempt}"
 
     def _retry_answer(self, name: str, digest: str) -> str | None:
-        holder = self.registry.holder(name)
-        c = self.registry.containers.get(holder or "")
-        if c is None:
-            return None
-        with self.registry.locked(c.id):
-            if c.fingerprint == digest and not c.claimed and c.state != CREATING:
-                c.claimed = True
-                self.ctx.containers.save(c)
-                return c.id
-        return None
+        """The container a caller's retry should get (see Registry.claim_for_retry)."""
+        return self.registry.claim_for_retry(self.registry.containers, name, digest,
+                                             lambda c: c.state != CREATING,
+                                             self.ctx.containers.save)
 
     def _create(self, sb: Sandbox, c: Container, name: str) -> None:
         req = c.request

@@ -129,17 +129,12 @@ class SandboxManager:
 
     def _retry_answer(self, name: str, digest: str) -> str | None:
         """The pod a caller's retry should get: same request, first answer never delivered."""
-        holder = self.registry.holder(name)
-        sb = self.registry.sandboxes.get(holder or "")
-        if sb is None:
-            return None
-        with self.registry.locked(sb.id):  # waits while the first request is still running
-            if sb.fingerprint == digest and not sb.claimed and sb.state == READY:
-                sb.claimed = True
-                self.ctx.sandboxes.save(sb)
-                log.info("pod %s handed to a retry of its RunPodSandbox", sb.id)
-                return sb.id
-        return None
+        pod_id = self.registry.claim_for_retry(self.registry.sandboxes, name, digest,
+                                               lambda sb: sb.state == READY,
+                                               self.ctx.sandboxes.save)
+        if pod_id:
+            log.info("pod %s handed to a retry of its RunPodSandbox", pod_id)
+        return pod_id
 
     def _create(self, sb: Sandbox) -> None:
         req = sb.request

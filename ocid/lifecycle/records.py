@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ocid.errors import AlreadyExists, InvalidArgument, NotFound
 from ocid.lifecycle.podspec import ContainerRequest, PodRequest
@@ -116,6 +117,24 @@ class Registry:
         """The ID that holds ``name``, if any."""
         with self._mutex:
             return self._names.get(name)
+
+    def claim_for_retry(self, table: dict, name: str, digest: str,
+                        usable: Callable[[Any], bool], save: Callable[[Any], None]) -> str | None:
+        """The ID of the object holding ``name`` when it was made for an identical request
+        (``digest``) whose caller gave up before the answer; it is then claimed, once.
+
+        Waits for the object's lock, so a retry arriving during the first request's work
+        gets that work's result.
+        """
+        found = table.get(self.holder(name) or "")
+        if found is None:
+            return None
+        with self.locked(found.id):
+            if found.fingerprint == digest and not found.claimed and usable(found):
+                found.claimed = True
+                save(found)
+                return found.id
+        return None
 
     # -- locks -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,20 +373,30 @@ class OciRuntime:
 
     # -- exec ------------------------------------------------------------------------------
 
-    def exec_sync(
-        self, container_id: str, bundle: str, args: list[str], timeout: float | None
-    ) -> ExecResult:
-        """Run ``args`` in the container with runc exec directly (§3); SIGKILL it on timeout."""
+    @contextlib.contextmanager
+    def exec_command(self, container_id: str, bundle: str, args: list[str], *,
+                     tty: bool) -> Iterator[tuple[list[str], str, dict]]:
+        """The ``runc exec`` command line running ``args`` as the container's process spec
+        (its user, env, capabilities) would, with its pid file and that process spec.
+
+        The temporary process.json and pid file live until the context ends.
+        """
         try:
             process = json.loads(Path(bundle, "config.json").read_text())["process"]
         except (OSError, ValueError, KeyError) as exc:
             raise NotFound(f"container {container_id}: no process spec in {bundle}") from exc
-        process.update(args=list(args), terminal=False)
+        process.update(args=list(args), terminal=tty)
         with tempfile.TemporaryDirectory(prefix="ocid-exec-") as tmp:
             spec, pidfile = os.path.join(tmp, "process.json"), os.path.join(tmp, "pid")
             Path(spec).write_text(json.dumps(process))
-            cmd = [*self.global_args(), "exec", "--process", spec, "--pid-file", pidfile,
-                   container_id]
+            yield ([*self.global_args(), "exec", "--process", spec, "--pid-file", pidfile,
+                    container_id], pidfile, process)
+
+    def exec_sync(
+        self, container_id: str, bundle: str, args: list[str], timeout: float | None
+    ) -> ExecResult:
+        """Run ``args`` in the container with runc exec directly (§3); SIGKILL it on timeout."""
+        with self.exec_command(container_id, bundle, args, tty=False) as (cmd, pidfile, _):
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )

@@ -24,7 +24,6 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -33,7 +32,6 @@ import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import termios
 import threading
 import time
@@ -240,16 +238,7 @@ def exec_interactive(
     """
     if not cmd:
         raise InvalidArgument(f"exec in container {container_id}: empty command")
-    try:
-        process = json.loads(Path(bundle, "config.json").read_text())["process"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise NotFound(f"container {container_id}: no process spec in {bundle}") from exc
-    process.update(args=list(cmd), terminal=tty)
-    with tempfile.TemporaryDirectory(prefix="ocid-exec-") as tmp:
-        spec, pidfile = os.path.join(tmp, "process.json"), os.path.join(tmp, "pid")
-        Path(spec).write_text(json.dumps(process))
-        argv = [*runtime.global_args(), "exec", "--process", spec, "--pid-file", pidfile,
-                container_id]  # fmt: skip
+    with runtime.exec_command(container_id, bundle, cmd, tty=tty) as (argv, pidfile, process):
         user = process.get("user") or {}
         owner = (int(user.get("uid", 0)), int(user.get("gid", 0)))
         run = _exec_tty if tty else _exec_pipes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 
 from ocid.errors import FailedPrecondition, InternalError, NotFound, OcidError
 from ocid.oci.runtime import OciRuntime, RuntimePaths
-from tests.support.bundle import cgroup_dirs, make_bundle, remove_cgroups
+from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, remove_cgroups
 
 RUNC, CONMON = "/usr/sbin/runc", "/usr/bin/conmon"
 pytestmark = pytest.mark.skipif(
@@ -26,31 +25,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, runc and conmon",
 )
 LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}(Z|[+-]\d\d:\d\d) stdout F hello$")
-
-
-def exited(pid: int, timeout: float = 0) -> bool:
-    """Whether ``pid`` has exited (a zombie counts), waiting up to ``timeout``."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(timeout * 1000))
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class Ctr:
-    """One test container: its ID and paths."""
-
-    id: str
-    bundle: str
-    persist: str
-    log: str
-    conmon_pid: int | None = None
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import select
 import shutil
 import signal
 import socket
@@ -25,7 +24,7 @@ from ocid.errors import FailedPrecondition, NotFound, OcidError
 from ocid.network import netns
 from ocid.oci.runtime import OciRuntime, RuntimePaths
 from ocid.oci.streams import StreamIO, attach, dial_in_netns, exec_interactive
-from tests.support.bundle import cgroup_dirs, make_bundle, remove_cgroups
+from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, remove_cgroups
 
 RUNC, CONMON = "/usr/sbin/runc", "/usr/bin/conmon"
 NUL = b"\0"
@@ -33,31 +32,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not (os.path.exists(RUNC) and os.path.exists(CONMON)),
     reason="needs root, runc and conmon",
 )
-
-
-def exited(pid: int, timeout: float = 0) -> bool:
-    """Whether ``pid`` has exited (a zombie counts), waiting up to ``timeout``."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(timeout * 1000))
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class Ctr:
-    """One test container: its ID and paths."""
-
-    id: str
-    bundle: str
-    persist: str
-    log: str
-    conmon_pid: int | None = None
 
 
 @dataclass

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 RUNC = "/usr/sbin/runc"
@@ -73,3 +75,28 @@ def remove_cgroups(bundle: str | os.PathLike) -> None:
             (hierarchy / CGROUP_PARENT).rmdir()
         except OSError:
             pass  # absent, or another test's cgroup still lives there
+
+
+@dataclass
+class Ctr:
+    """One test container: its ID and paths."""
+
+    id: str
+    bundle: str
+    persist: str
+    log: str
+    conmon_pid: int | None = None
+
+
+def exited(pid: int, timeout: float = 0) -> bool:
+    """Whether ``pid`` has exited (a zombie counts), waiting up to ``timeout``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
