@@ -75,18 +75,21 @@ def test_ten_parallel_execs(cri, ctr):
     assert results == {n: (n, f"{n}\n".encode(), b"") for n in range(10)}
 
 
-def test_urls_are_single_use_and_need_a_known_token(cri, ctr):
-    url = _exec_url(cri, ctr, "true")
-    assert _exec_with_url(url) == 0
-    with pytest.raises(Exception, match="404"):
-        _exec_with_url(url)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_urls_are_single_use_and_need_a_known_token(cri, ctr, transport):
+    url = _exec_url(cri, ctr, "sh", "-c", "echo ran >> /tmp/runs")
+    assert _exec_with_url(url, transport) == 0
+    with pytest.raises(Exception, match="404|expired or was already used"):
+        _exec_with_url(url, transport)
+    assert cri.exec(ctr, "cat", "/tmp/runs").stdout == b"ran\n"  # it ran once only
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(url.rsplit("/", 1)[0] + "/AAAAAAAA", timeout=5)  # noqa: S310
     assert err.value.code == 404
 
 
-def _exec_with_url(url: str) -> int:
-    return streaming.exec_stream(url, stdin=None, stdout=io.BytesIO(), stderr=io.BytesIO())
+def _exec_with_url(url: str, transport: str = "spdy") -> int:
+    return streaming.exec_stream(url, stdin=None, stdout=io.BytesIO(), stderr=io.BytesIO(),
+                                 transport=transport)
 
 
 def test_bad_streaming_requests_get_clear_errors(cri, ctr):
