@@ -81,6 +81,7 @@ from cri_runtimes import (
     shim_socket_dir_guard,
     status_kb,
 )
+from google.protobuf.internal import api_implementation
 from tabulate import tabulate
 
 from ocid import __version__ as OCID_VERSION
@@ -181,8 +182,8 @@ class Results:
 
 
 def fmt(value: float) -> str:
-    if value == int(value) and abs(value) < 1e6:
-        return f"{int(value)}"
+    if abs(value - round(value)) < 1e-6 and abs(value) < 1e6:
+        return f"{round(value)}"
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 10:
@@ -207,7 +208,7 @@ def table(results: Results) -> str:
         rows.append([m.workload, m.title, unit, cell(m.values["ocid"]),
                      cell(m.values["containerd"]), f"{ratio:.2f}" if ratio is not None else "-"])
     return tabulate(rows, headers=["#", "measure", "unit", "ocid: median (p95; min-max)",
-                                   "containerd", "ocid/containerd"],
+                                   "containerd", "ocid/containerd"], disable_numparse=True,
                     colalign=("right", "left", "left", "right", "right", "right"))
 
 
@@ -350,8 +351,13 @@ class Bench:
                 raise RuntimeError(f"{rt.name}: warm-up container is in state {state}")
             if rt.cri.exec(cid, "true").exit_code != 0:
                 raise RuntimeError(f"{rt.name}: exec of true failed in the warm-up container")
+            ip = rt.cri.pod_status(pod_id).network.ip  # both really do CNI
+            assert rt.network is not None
+            if not ip.startswith(rt.network.subnet.rsplit(".", 1)[0] + "."):
+                raise RuntimeError(f"{rt.name}: warm-up pod has IP {ip!r}, not one of "
+                                   f"{rt.network.subnet}")
             self.remove_pod(rt, pod_id)
-            log(f"{rt.name}: warm-up pod ran and was removed")
+            log(f"{rt.name}: warm-up pod ran (IP {ip}) and was removed")
 
     def idle_memory(self) -> None:
         time.sleep(1.0)
@@ -475,6 +481,8 @@ class Bench:
                              rt.name, len(helpers))
         rng = random.Random(1)
         calls: list[tuple[str, str, Callable[[Runtime], object]]] = [
+            ("scale.version", "Version (no work: the gRPC round trip itself)",
+             lambda rt: rt.cri.call("Version", api_pb2.VersionRequest())),
             ("scale.list_containers", "ListContainers", lambda rt: rt.cri.containers()),
             ("scale.list_pods", "ListPodSandbox", lambda rt: rt.cri.pods()),
             ("scale.status", "ContainerStatus (a random container)",
@@ -488,8 +496,8 @@ class Bench:
         per_block = 10
         for block in range(math.ceil(plan.scale_calls / per_block)):
             for rt in self.order(block):
-                for key, title, call in calls:
-                    for _ in range(min(per_block, plan.scale_calls - block * per_block)):
+                for _ in range(min(per_block, plan.scale_calls - block * per_block)):
+                    for key, title, call in calls:  # interleaved: the same conditions for all
                         start = now()
                         call(rt)
                         self.results.add(key, 4, f"{title}, {label}", "ms", rt.name,
@@ -569,33 +577,65 @@ class Bench:
         finally:
             rt.shutdown()
 
-    # -- py-spy on ocid during workload 1
+    # -- py-spy on ocid
+    def spy(self, name: str, work: Callable[[], None], idle: bool) -> tuple[Path, float]:
+        """Run ``work`` with py-spy sampling ocid (250 Hz, every thread, without pausing it);
+        the raw collapsed stacks and the seconds ``work`` took."""
+        raw = self.scratch / f"pyspy-{name}.txt"
+        args = [str(PY_SPY), "record", "--pid", str(self.runtimes["ocid"].pid), "--threads",
+                "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"]
+        spy = subprocess.Popen(args + (["--idle"] if idle else []),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.5)  # let py-spy attach
+        start = now()
+        try:
+            work()
+        finally:
+            elapsed = now() - start
+            spy.send_signal(signal.SIGINT)
+            _, err = spy.communicate(timeout=60)
+        if not raw.exists():
+            raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
+        return raw, elapsed
+
     def profile(self, rounds: int) -> str:
-        """Workload 1 on ocid alone under py-spy, twice: wall clock (``--idle``: waiting
-        counts) and CPU (only running threads). A text report, also in PROFILE_OUT."""
+        """ocid alone under py-spy: workload 1 twice, by wall clock (``--idle``: waiting
+        counts) and by CPU (threads on CPU only); then the list and status calls of workload 4
+        by CPU. A text report, also written to PROFILE_OUT."""
         ocid = self.runtimes["ocid"]
+        assert ocid.cri is not None
         parts = []
-        for mode, idle in (("wall clock (--idle: time spent waiting counts)", True),
-                           ("CPU (threads on CPU only)", False)):
-            raw = self.scratch / f"pyspy-{'wall' if idle else 'cpu'}.txt"
-            args = [str(PY_SPY), "record", "--pid", str(ocid.pid), "--threads", "--rate", "250",
-                    "--format", "raw", "--output", str(raw), "--nonblocking"]
-            spy = subprocess.Popen(args + (["--idle"] if idle else []),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(1.5)  # let py-spy attach
-            start = now()
-            try:
-                for i in range(rounds):
-                    self.pod_cycle(ocid, f"prof{i}")
-            finally:
-                elapsed = now() - start
-                spy.send_signal(signal.SIGINT)
-                _, err = spy.communicate(timeout=60)
-            if not raw.exists():
-                raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
+
+        def cycles() -> None:
+            for i in range(rounds):
+                self.pod_cycle(ocid, f"prof{i}")
+
+        for name, mode, idle in (("wall", "wall clock (--idle: waiting counts)", True),
+                                 ("cpu", "CPU (threads on CPU only)", False)):
+            raw, elapsed = self.spy(name, cycles, idle)
             parts.append(profile_report(raw, f"{mode}: {rounds} workload-1 rounds on ocid, "
                                         f"{elapsed:.1f} s ({1000 * elapsed / rounds:.0f} ms "
                                         "per round with py-spy attached)"))
+        pods, per_pod, calls = 25, 2, 300
+        _, started, errors = self.start_pods(ocid, pods, per_pod, self.plan.scale_threads, "prof")
+        if errors:
+            raise RuntimeError(f"ocid: profile pods failed: {errors[:2]}")
+        cids = [c for _, cs in started for c in cs]
+        rng = random.Random(2)
+
+        def lists() -> None:
+            for _ in range(calls):
+                ocid.cri.containers()  # type: ignore[union-attr]
+                ocid.cri.pods()  # type: ignore[union-attr]
+                ocid.cri.status(rng.choice(cids))  # type: ignore[union-attr]
+
+        try:
+            raw, elapsed = self.spy("lists", lists, idle=False)
+        finally:
+            self.remove_pods(ocid, [p for p, _ in started], self.plan.scale_threads)
+        parts.append(profile_report(raw, f"CPU: {calls} x (ListContainers, ListPodSandbox, "
+                                    f"ContainerStatus) with {pods} pods x {per_pod} containers "
+                                    f"on ocid, {elapsed:.1f} s"))
         text = "\n\n".join(parts) + "\n"
         PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
         PROFILE_OUT.write_text(text)
@@ -678,6 +718,13 @@ def version_of(args: list[str]) -> str:
         else "?"
 
 
+def package_version(name: str) -> str:
+    """The installed Debian version of a package, or "" when dpkg does not know it."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True,
+                         text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def machine_info(scratch: Path) -> dict[str, object]:
     info = pull.machine_info()
     info.update({
@@ -688,7 +735,11 @@ def machine_info(scratch: Path) -> dict[str, object]:
         "runc": version_of(["runc", "--version"]),
         "conmon": version_of(["conmon", "--version"]),
         "catatonit": version_of(["catatonit", "--version"]),
-        "cni_plugins": version_of(["/usr/lib/cni/bridge", "--version"]),
+        "packages": {pkg: package_version(pkg) for pkg in (
+            "containerd", "runc", "conmon", "catatonit", "containernetworking-plugins",
+            "docker-registry", "skopeo", "busybox-static")},
+        "grpcio": grpc.__version__,
+        "protobuf_backend": api_implementation.Type(),
         "cgroup": "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists()
                   else "v1 (hybrid)" if Path("/sys/fs/cgroup/unified").is_dir() else "v1",
     })
