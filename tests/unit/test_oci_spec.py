@@ -692,3 +692,16 @@ def test_sandbox_spec_host_network():
     assert spec["process"]["oomScoreAdj"] == -998
     assert "hostname" not in spec
     assert {"network", "uts"}.isdisjoint(n["type"] for n in spec["linux"]["namespaces"])
+
+
+def test_a_bad_seccomp_profile_is_rejected_every_time_and_named():
+    from ocid.oci.spec import validate
+
+    spec = {"ociVersion": "1.0.2", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_BOGUS"}}}
+    for _ in range(2):  # a failure is never remembered as checked
+        with pytest.raises(InternalError, match="/linux/seccomp/defaultAction"):
+            validate(spec)
+    good = {"ociVersion": "1.0.2", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO"}},
+            "process": {"cwd": "/", "args": "not-a-list"}}
+    with pytest.raises(InternalError, match="/process"):
+        validate(good)  # the rest of the spec is still checked when the profile is known
