@@ -26,9 +26,6 @@ from importlib import resources as pkg_resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import referencing
-from referencing.jsonschema import DRAFT4
 
 from ocid.errors import InternalError, InvalidArgument
 from ocid.oci import seccomp
@@ -670,8 +667,16 @@ def build_container_spec(container_id: str, config: ContainerConfig, pod: PodSan
 
 
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
-    """A Draft 4 validator for config-schema.json with its sibling files registered."""
+def _validator() -> Any:
+    """A Draft 4 validator for config-schema.json with its sibling files registered.
+
+    jsonschema is imported here, at the first spec: ~8 MB a daemon that runs no container
+    never needs.
+    """
+    import jsonschema
+    import referencing
+    from referencing.jsonschema import DRAFT4
+
     folder = pkg_resources.files("ocid.oci").joinpath("data/schema")
     registry: referencing.Registry = referencing.Registry()
     for entry in folder.iterdir():
@@ -707,7 +712,9 @@ def _validate_seccomp(profile_json: str) -> None:
 
 
 def _check(spec: dict[str, Any]) -> None:
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(spec))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(spec))
     if error is not None:
         where = "/" + "/".join(str(p) for p in error.absolute_path)
         raise InternalError(f"generated OCI spec is invalid at {where}: {error.message}")
