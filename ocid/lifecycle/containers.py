@@ -16,8 +16,8 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from inotify_simple import INotify
@@ -47,10 +47,11 @@ from ocid.lifecycle.records import (
     Sandbox,
     matching_ids,
     now_ns,
+    select,
 )
 from ocid.oci import spec, streams
-from ocid.oci.streams import StreamIO
 from ocid.oci.runtime import ExecResult
+from ocid.oci.streams import StreamIO
 
 log = logging.getLogger("ocid.lifecycle")
 
@@ -421,22 +422,9 @@ class ContainerManager:
     def list(self, id_prefix: str = "", pod_prefix: str = "", state: str | None = None,
              labels: dict[str, str] | None = None) -> list[Container]:
         """Containers matching every filter given, oldest first."""
-        table = self.registry.containers
-        ids = matching_ids(table, id_prefix) if id_prefix else list(table)
         pods = set(matching_ids(self.registry.sandboxes, pod_prefix)) if pod_prefix else None
-        found = []
-        for cid in ids:
-            c = table.get(cid)
-            if c is None or c.state == CREATING:
-                continue
-            if pods is not None and c.pod_id not in pods:
-                continue
-            if state is not None and c.state != state:
-                continue
-            if labels and any(c.request.labels.get(k) != v for k, v in labels.items()):
-                continue
-            found.append(c)
-        return sorted(found, key=lambda c: c.created)
+        return select(self.registry.containers, id_prefix, state, labels,
+                      None if pods is None else lambda c: c.pod_id in pods)
 
     def verbose_info(self, c: Container) -> dict:
         """Details for ContainerStatus(verbose): the runtime's view and the spec."""

@@ -29,8 +29,8 @@ from ocid.lifecycle.records import (
     NOTREADY,
     READY,
     Sandbox,
-    matching_ids,
     now_ns,
+    select,
 )
 from ocid.network import netns
 from ocid.network.cni import PodNetwork
@@ -339,19 +339,7 @@ class SandboxManager:
     def list(self, id_prefix: str = "", state: str | None = None,
              labels: dict[str, str] | None = None) -> list[Sandbox]:
         """Pods matching every filter given, oldest first."""
-        table = self.registry.sandboxes
-        ids = matching_ids(table, id_prefix) if id_prefix else list(table)
-        found = []
-        for pod_id in ids:
-            sb = table.get(pod_id)
-            if sb is None or sb.state == CREATING:
-                continue
-            if state is not None and sb.state != state:
-                continue
-            if labels and any(sb.request.labels.get(k) != v for k, v in labels.items()):
-                continue
-            found.append(sb)
-        return sorted(found, key=lambda s: s.created)
+        return select(self.registry.sandboxes, id_prefix, state, labels)
 
     def verbose_info(self, sb: Sandbox) -> dict:
         """The pod's details for PodSandboxStatus(verbose): runtime view and paths."""

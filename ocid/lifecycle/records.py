@@ -191,3 +191,23 @@ def matching_ids(table: dict, text: str) -> list[str]:
     if text in table:
         return [text]
     return [k for k in list(table) if k.startswith(text)]
+
+
+def select(table: dict, id_prefix: str, state: str | None, labels: dict[str, str] | None,
+           also: Callable[[Any], bool] | None = None) -> list:
+    """The CRI list filters over pods or containers: ID (or ID prefix), state, label
+    selector and ``also``; half-made objects left out; oldest first."""
+    ids = matching_ids(table, id_prefix) if id_prefix else list(table)
+    found = []
+    for object_id in ids:
+        obj = table.get(object_id)
+        if obj is None or obj.state == CREATING:
+            continue
+        if state is not None and obj.state != state:
+            continue
+        if labels and any(obj.request.labels.get(k) != v for k, v in labels.items()):
+            continue
+        if also is not None and not also(obj):
+            continue
+        found.append(obj)
+    return sorted(found, key=lambda o: o.created)

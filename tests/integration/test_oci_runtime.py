@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ocid.errors import FailedPrecondition, InternalError, NotFound, OcidError
-from ocid.oci.runtime import OciRuntime, RuntimePaths
-from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, remove_cgroups
+from ocid.oci.runtime import OciRuntime
+from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, make_runtime, remove_cgroups
 
 RUNC, CONMON = "/usr/sbin/runc", "/usr/bin/conmon"
 pytestmark = pytest.mark.skipif(
@@ -66,12 +66,7 @@ class Env:
 @pytest.fixture
 def env() -> Iterator[Env]:
     root = Path(tempfile.mkdtemp(prefix="oci-", dir="/tmp"))
-    paths = RuntimePaths(
-        runtime_path=RUNC, runtime_root=str(root / "r"), conmon_path=CONMON,
-        conmon_env=("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
-        exits_dir=str(root / "e"), attach_dir=str(root / "a"),
-    )  # fmt: skip
-    e = Env(root, OciRuntime(paths))
+    e = Env(root, make_runtime(root))
     problems: list[str] = []
     try:
         yield e

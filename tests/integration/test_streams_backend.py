@@ -22,9 +22,9 @@ import pytest
 
 from ocid.errors import FailedPrecondition, NotFound, OcidError
 from ocid.network import netns
-from ocid.oci.runtime import OciRuntime, RuntimePaths
+from ocid.oci.runtime import OciRuntime
 from ocid.oci.streams import StreamIO, attach, dial_in_netns, exec_interactive
-from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, remove_cgroups
+from tests.support.bundle import Ctr, cgroup_dirs, exited, make_bundle, make_runtime, remove_cgroups
 
 RUNC, CONMON = "/usr/sbin/runc", "/usr/bin/conmon"
 NUL = b"\0"
@@ -74,12 +74,7 @@ class Env:
 @pytest.fixture
 def env() -> Iterator[Env]:
     root = Path(tempfile.mkdtemp(prefix="str-", dir="/tmp"))
-    paths = RuntimePaths(
-        runtime_path=RUNC, runtime_root=str(root / "r"), conmon_path=CONMON,
-        conmon_env=("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
-        exits_dir=str(root / "e"), attach_dir=str(root / "a"),
-    )  # fmt: skip
-    e = Env(root, OciRuntime(paths))
+    e = Env(root, make_runtime(root))
     threads_before = set(threading.enumerate())
     problems: list[str] = []
     try:

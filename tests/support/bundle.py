@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocid.oci.runtime import OciRuntime, RuntimePaths
+
 RUNC = "/usr/sbin/runc"
 BUSYBOX = "/usr/bin/busybox"
 APPLETS = ("sh", "echo", "sleep", "cat", "true", "false", "id", "sysctl", "dd", "head", "tail")
@@ -100,3 +102,12 @@ def exited(pid: int, timeout: float = 0) -> bool:
         return bool(poller.poll(timeout * 1000))
     finally:
         os.close(fd)
+
+
+def make_runtime(root: Path) -> OciRuntime:
+    """An OciRuntime driving runc and conmon with all its state under ``root``."""
+    return OciRuntime(RuntimePaths(
+        runtime_path=RUNC, runtime_root=str(root / "r"), conmon_path="/usr/bin/conmon",
+        conmon_env=("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
+        exits_dir=str(root / "e"), attach_dir=str(root / "a"),
+    ))  # fmt: skip
