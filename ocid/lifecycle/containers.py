@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -50,7 +51,7 @@ from ocid.lifecycle.records import (
     select,
 )
 from ocid.oci import spec, streams
-from ocid.oci.runtime import ExecResult
+from ocid.oci.runtime import ExecResult, start_time
 from ocid.oci.streams import StreamIO
 
 log = logging.getLogger("ocid.lifecycle")
@@ -73,6 +74,14 @@ class ContainerManager:
         self.ctx = ctx
         self.registry = ctx.registry
         self.pods = SandboxManager(ctx, self.stop_all_in_pod, self.remove_all_in_pod)
+        # Exited containers give back their runtime state and rootfs mount in the
+        # background, off the RPC that saw the exit (see _release).
+        self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
+        self._released: set[str] = set()
+
+    def close(self) -> None:
+        """Finish the releases under way (a restart would redo the rest)."""
+        self._releaser.shutdown(wait=True, cancel_futures=True)
 
     def bundle(self, cid: str) -> str:
         return self.ctx.containers.path(cid)
@@ -138,7 +147,7 @@ class ContainerManager:
         with contextlib.ExitStack() as undo:
             os.makedirs(bundle, mode=0o700)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
-            self.ctx.containers.save(c)  # "creating": a restart rolls it back
+            self.ctx.containers.save(c, durable=False)  # "creating": a restart rolls it back
             store.create_container(c.id, name, image.id)
             undo.callback(store.remove_container, c.id)
             rootfs = store.mount_container(c.id)
@@ -154,7 +163,8 @@ class ContainerManager:
                 log.info("container %s: %s", c.id, note)
             user = config["process"]["user"]
             c.user = ContainerUser(user["uid"], user["gid"], tuple(user.get("additionalGids", ())))
-            atomic_write(os.path.join(bundle, "config.json"), json.dumps(config).encode())
+            atomic_write(os.path.join(bundle, "config.json"), json.dumps(config).encode(),
+                         durable=False)  # runc reads it now; after a reboot, nobody
 
             c.log_path = self._log_path(sb, c)
             try:
@@ -162,9 +172,10 @@ class ContainerManager:
             except OSError as exc:
                 raise InvalidArgument(f"cannot make the log directory of {c.log_path}: "
                                       f"{exc.strerror}") from exc
-            c.pid, c.conmon_pid = runtime.create(c.id, bundle, log_path=c.log_path, persist_dir=bundle,
-                                      name=name, terminal=req.tty, stdin=req.stdin,
-                                      stdin_once=req.stdin_once)
+            c.pid, c.conmon_pid = runtime.create(c.id, bundle, log_path=c.log_path,
+                                                 persist_dir=bundle, name=name, terminal=req.tty,
+                                                 stdin=req.stdin, stdin_once=req.stdin_once)
+            c.pid_start = start_time(c.pid) or 0
             c.state = CREATED
             c.claimed = calls.caller_waiting()  # kept for a retry when nobody awaits it
             self.ctx.containers.save(c)
@@ -243,17 +254,25 @@ class ContainerManager:
     def _stop(self, c: Container, timeout: float) -> None:
         if c.state in (CREATED, RUNNING):
             try:
-                self._runtime(c).stop(c.id, timeout, c.stop_signal, pid=c.pid)
+                self._runtime(c).stop(c.id, timeout, c.stop_signal, pid=c.pid,
+                                      pid_start=c.pid_start)
             except NotFound:
                 pass
+            else:
+                self._refresh(c, exited=True)
+                return
             self._refresh(c)
 
-    def _refresh(self, c: Container) -> None:
-        """Bring a created/running container's record in line with runc and conmon."""
+    def _refresh(self, c: Container, *, exited: bool = False) -> None:
+        """Bring a created/running container's record in line with runc and conmon;
+        ``exited``: the init is known to be gone, so conmon's files say all (no runc call)."""
         if c.state not in (CREATED, RUNNING) or c.id not in self.registry.containers:
             return
+        runtime = self._runtime(c)
+        bundle = self.bundle(c.id)
         try:
-            st = self._runtime(c).state(c.id, self.bundle(c.id))
+            st = (runtime.exit_state(c.id, bundle, bundle) if exited
+                  else runtime.state(c.id, bundle))
         except NotFound:
             self._mark_exited(c, 255, None, False, "the runtime has no record of the container")
             return
@@ -278,6 +297,27 @@ class ContainerManager:
         c.state = EXITED  # last: status readers take no lock and must never see half of it
         self.ctx.containers.save(c)
         log.info("container %s exited with %d (%s)", c.id, code, c.reason)
+        self._release_later(c)
+
+    def _release_later(self, c: Container) -> None:
+        with contextlib.suppress(RuntimeError):  # shutting down: RemoveContainer does it
+            self._releaser.submit(self._release, c)
+
+    def _release(self, c: Container) -> None:
+        """Free what an exited container no longer needs: runc's state (``runc delete``
+        also kills what its init left in the cgroup) and the rootfs mount, as containerd
+        deletes the task at exit and cri-o unmounts at stop. The record, the upper dir and
+        the log stay until RemoveContainer."""
+        with self.registry.locked(c.id):
+            if c.state != EXITED or c.id in self._released or c.id not in self.registry.containers:
+                return
+            try:
+                self._runtime(c).delete(c.id)
+                self.ctx.images.store.unmount_container(c.id)
+            except OcidError as exc:
+                log.warning("container %s: releasing after its exit: %s", c.id, exc)
+                return  # RemoveContainer tries again
+            self._released.add(c.id)
 
     def remove(self, text: str) -> None:
         """Kill if needed and remove a container; an unknown container is not an error."""
@@ -296,7 +336,8 @@ class ContainerManager:
 
     def _discard(self, c: Container) -> None:
         """Delete a container everywhere (also rolls back a half-made one)."""
-        self._runtime(c).delete(c.id)
+        if c.id not in self._released:
+            self._runtime(c).delete(c.id)
         self.ctx.images.store.remove_container(c.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.ctx.attach_dir, c.id))
@@ -307,6 +348,7 @@ class ContainerManager:
         except OSError as exc:
             raise InternalError(f"cannot delete container {c.id}: {exc.strerror}") from exc
         self.registry.containers.pop(c.id, None)
+        self._released.discard(c.id)
         sb = self.registry.sandboxes.get(c.pod_id)
         if sb is not None:
             self.registry.release(self.kube_name(sb, c.request), c.id)
@@ -386,7 +428,7 @@ class ContainerManager:
         c = self.registry.containers.get(object_id)
         if c is not None:
             with self.registry.locked(c.id):
-                self._refresh(c)  # a no-op for a container removed meanwhile
+                self._refresh(c, exited=True)  # a no-op for a container removed meanwhile
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.ctx.exits_dir, object_id))
 
@@ -412,6 +454,8 @@ class ContainerManager:
             return
         self.registry.containers[c.id] = c
         self.registry.reserve(self.kube_name(sb, c.request), c.id, "container")
+        if c.state == EXITED:
+            self._release_later(c)  # a crash may have come between its exit and the release
         self._refresh(c)
 
     # -- queries ---------------------------------------------------------------------------

@@ -106,11 +106,17 @@ class RecordDir:
         """The record's own directory (bundle, files, state)."""
         return os.path.join(self.root, record_id)
 
-    def save(self, record: Any) -> None:
-        """Write the record atomically (its directory must exist)."""
+    def save(self, record: Any, *, durable: bool = True) -> None:
+        """Write the record atomically (its directory must exist).
+
+        Not ``durable`` (no fsync) is only for the first record of an object being made: a
+        daemon crash finds it in the page cache anyway, and a power cut that loses or tears
+        it leaves a half-made object the sweep of leftovers removes at the next start. A
+        record that replaces another is always durable: a torn one would lose the object.
+        """
         data = json.dumps(to_data(record), sort_keys=True).encode()
         try:
-            atomic_write(os.path.join(self.path(record.id), STATE_FILE), data)
+            atomic_write(os.path.join(self.path(record.id), STATE_FILE), data, durable=durable)
         except OSError as exc:
             raise InternalError(f"cannot save the state of {record.id}: {exc.strerror}") from exc
 

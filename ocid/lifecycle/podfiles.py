@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 from collections.abc import Sequence
 
+from ocid import sysmount
 from ocid.errors import InternalError, InvalidArgument
 from ocid.lifecycle.persist import atomic_write
 from ocid.storage.overlay import unmount
@@ -144,15 +144,13 @@ def mount_shm(path: str, size_bytes: int = DEFAULT_SHM_SIZE) -> None:
         raise InternalError(f"create shm directory {path}: {exc}") from exc
     if os.path.ismount(path):
         return
-    options = f"nosuid,nodev,noexec,mode=1777,size={size_bytes}"
+    # mount(8)'s "-o nosuid,nodev,noexec,mode=1777,size=N": the flag words are MS_* flags,
+    # the rest is tmpfs's own option string.
+    flags = sysmount.MS_NOSUID | sysmount.MS_NODEV | sysmount.MS_NOEXEC
     try:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "shm", path],
-                                capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InternalError(f"mount shm at {path}: cannot run mount: {exc}") from exc
-    if result.returncode != 0:
-        raise InternalError(f"mount shm at {path} failed: "
-                            f"{result.stderr.strip() or result.returncode}")
+        sysmount.mount("shm", path, "tmpfs", flags, f"mode=1777,size={size_bytes}")
+    except OSError as exc:
+        raise InternalError(f"mount shm at {path} failed: {exc.strerror}") from exc
 
 
 def unmount_shm(path: str) -> None:

@@ -144,24 +144,24 @@ class SandboxManager:
         with contextlib.ExitStack() as undo:
             os.makedirs(bundle, mode=0o700)
             undo.callback(shutil.rmtree, bundle, ignore_errors=True)
+            host_network = ns.network == spec.NODE
+            # Recorded before they are made, so a rollback after a crash finds them: durable,
+            # as the netns's CNI leases outlive a reboot.
+            if ns.ipc != spec.NODE:
+                sb.shm_path = os.path.join(bundle, "shm")
+            if not host_network:
+                sb.netns_path = os.path.join(self.ctx.config.network.netns_dir,
+                                             NETNS_PREFIX + sb.id[:32])
             self.ctx.sandboxes.save(sb)  # "creating": a restart rolls it back
             self.registry.sandboxes[sb.id] = sb
             undo.callback(self.registry.sandboxes.pop, sb.id, None)
 
             files = self.file_paths(sb)
             hostname = self._hostname(req)
-            host_network = ns.network == spec.NODE
             podfiles.write_hostname(files["hostname"], hostname)
             podfiles.write_resolv_conf(files["resolv"], req.dns.servers, req.dns.searches,
                                        req.dns.options)
             podfiles.write_hosts(files["hosts"], hostname, host_network)
-            # Recorded before they are made, so a rollback after a crash finds them.
-            if ns.ipc != spec.NODE:
-                sb.shm_path = os.path.join(bundle, "shm")
-            if not host_network:
-                sb.netns_path = os.path.join(self.ctx.config.network.netns_dir,
-                                             NETNS_PREFIX + sb.id[:32])
-            self.ctx.sandboxes.save(sb)
             if sb.shm_path:
                 podfiles.mount_shm(sb.shm_path)
                 undo.callback(podfiles.unmount_shm, sb.shm_path)
@@ -187,7 +187,8 @@ class SandboxManager:
                 self.ctx.spec_options(sb.runtime_handler), security, mounts=(pause,))
             for note in notes:
                 log.info("pod %s: %s", sb.id, note)
-            atomic_write(os.path.join(bundle, "config.json"), json.dumps(config).encode())
+            atomic_write(os.path.join(bundle, "config.json"), json.dumps(config).encode(),
+                         durable=False)  # runc reads it now; after a reboot, nobody
 
             pid, _ = runtime.create(sb.id, bundle, log_path=os.path.join(bundle, INFRA_LOG),
                                     persist_dir=bundle, name=req.kube_name)
@@ -226,7 +227,8 @@ class SandboxManager:
     def _kill_infra(self, sb: Sandbox) -> None:
         runtime = self.ctx.runtime(sb.runtime_handler)
         try:
-            runtime.stop(sb.id, 0, signal.SIGKILL)
+            runtime.stop(sb.id, 0, signal.SIGKILL, pid=sb.infra_pid,
+                             pid_start=sb.infra_start)
         except OcidError as exc:
             log.debug("pod %s: infra stop: %s", sb.id, exc)
         runtime.delete(sb.id)
@@ -255,7 +257,8 @@ class SandboxManager:
             runtime = self.ctx.runtime(sb.runtime_handler)
             if self.infra_alive(sb):
                 try:
-                    runtime.stop(sb.id, 0, signal.SIGKILL)
+                    runtime.stop(sb.id, 0, signal.SIGKILL, pid=sb.infra_pid,
+                                 pid_start=sb.infra_start)
                 except NotFound:
                     pass
         if sb.shm_path:

@@ -78,6 +78,7 @@ class Container:
     reason: str = ""
     message: str = ""
     pid: int = 0
+    pid_start: int = 0  # the init's start time: a stop signals it with no runc call
     conmon_pid: int = 0
     fingerprint: str = ""
     claimed: bool = True

@@ -42,6 +42,7 @@ class Lifecycle:
 
     def close(self) -> None:
         self._watcher.stop()
+        self.containers.close()
 
     def _on_exit(self, object_id: str) -> None:
         self.containers.on_exit(object_id)

@@ -17,8 +17,7 @@ namespaces copied meanwhile and does not leave the namespace pinned there.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import errno
 import fcntl
 import logging
@@ -26,44 +25,33 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 
+from ocid import sysmount
 from ocid.errors import AlreadyExists, InternalError, InvalidArgument, OcidError
+from ocid.sysmount import CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED
 
 log = logging.getLogger(__name__)
 
 NETNS_RUN_DIR = "/var/run/netns"
 
-CLONE_NEWNET = 0x40000000
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_SHARED = 1 << 20
-MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the CLONE_NEW* type of an nsfs file
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 _IFREQ = "16sH22x"  # struct ifreq: name, then ifr_flags in a 24-byte union
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-
 _lock = threading.Lock()
 _creating: set[str] = set()
 
 
-def _errno_error(call: str, path: str) -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, f"{call}: {os.strerror(err)}", path)
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    src = os.fsencode(source) if source is not None else None
-    kind = os.fsencode(fstype) if fstype is not None else None
-    if _libc.mount(src, os.fsencode(target), kind, flags, None) != 0:
-        raise _errno_error("mount", target)
+@contextlib.contextmanager
+def _naming(call: str, path: str) -> Iterator[None]:
+    """Re-raise an OSError with the failed call in it: "[Errno N] <call>: <strerror>: <path>"."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, f"{call}: {exc.strerror}", path) from exc
 
 
 def create(name: str, netns_dir: str = NETNS_RUN_DIR) -> str:
@@ -104,13 +92,16 @@ def create(name: str, netns_dir: str = NETNS_RUN_DIR) -> str:
 
 def _make_shared(netns_dir: str) -> None:
     """Make ``netns_dir`` a shared mount, bind-mounting it on itself first if need be (iproute2)."""
-    target = os.fsencode(netns_dir)
-    if _libc.mount(b"none", target, None, MS_SHARED | MS_REC, None) == 0:
-        return
-    if ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point yet
-        raise _errno_error("mount --make-rshared", netns_dir)
-    _mount(netns_dir, netns_dir, None, MS_BIND | MS_REC)
-    _mount("none", netns_dir, None, MS_SHARED | MS_REC)
+    with _naming("mount --make-rshared", netns_dir):
+        try:
+            sysmount.mount("none", netns_dir, None, MS_SHARED | MS_REC)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not a mount point yet
+                raise
+    with _naming("mount", netns_dir):
+        sysmount.mount(netns_dir, netns_dir, None, MS_BIND | MS_REC)
+        sysmount.mount("none", netns_dir, None, MS_SHARED | MS_REC)
 
 
 def _pin_new_netns(path: str) -> None:
@@ -119,9 +110,11 @@ def _pin_new_netns(path: str) -> None:
 
     def body() -> None:
         try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                raise _errno_error("unshare(CLONE_NEWNET)", path)
-            _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, MS_BIND)
+            with _naming("unshare(CLONE_NEWNET)", path):
+                sysmount.unshare(CLONE_NEWNET)
+            with _naming("mount", path):
+                own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+                sysmount.mount(own, path, None, MS_BIND)
             _set_lo_up()  # a socket made by this thread lives in the new namespace
         except Exception as exc:  # noqa: BLE001 - handed to the calling thread
             errors.append(exc)
@@ -143,13 +136,13 @@ def _set_lo_up() -> None:
 
 def remove(path: str) -> None:
     """Unmount and delete a namespace file; an absent or unmounted path is fine."""
-    target = os.fsencode(path)
     for _ in range(16):  # stacked mounts, if someone mounted twice
-        if _libc.umount2(target, MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOENT):  # not a mount point / no such path
+        try:
+            sysmount.unmount(path, MNT_DETACH)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):  # not a mount point / no such path
                 break
-            raise InternalError(f"unmount network namespace {path}: {os.strerror(err)}")
+            raise InternalError(f"unmount network namespace {path}: {exc.strerror}") from exc
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -262,51 +262,58 @@ class OciRuntime:
         self._runc("kill", *(["--all"] if all_processes else []), container_id, str(int(signal)),
                    timeout=timeout)
 
-    def stop(self, container_id: str, timeout: float, stop_signal: int = 15,
-             pid: int = 0) -> None:
+    def stop(self, container_id: str, timeout: float, stop_signal: int = 15, *,
+             pid: int = 0, pid_start: int = 0) -> None:
         """Send ``stop_signal``, then SIGKILL once ``timeout`` ends; wait for the init to exit.
 
-        Each runc call gets a second at most: when the runtime hangs, the init's ``pid``
-        (as recorded at create) stands in for ``runc state`` and the signal goes to the init
-        through its pidfd, so the timeout holds anyway.
+        The signals go to the init through a pidfd, as ``runc kill`` would send them. With the
+        ``pid`` and ``pid_start`` (start time) recorded at create, no runc call is needed at all,
+        as containerd's shim keeps them in memory; without them ``runc state`` names the init,
+        with a second to answer so the timeout holds even when the runtime hangs.
         """
         timeout = min(max(timeout, 0), _MAX_WAIT)
+        pidfd = self._init_pidfd(container_id, pid, pid_start)
+        if pidfd is None:
+            return  # not running
         try:
-            state = self._runc_state(container_id, timeout=_RUNC_QUICK)
-        except DeadlineExceeded:
-            if not pid:
-                raise
-            state = {"status": "running", "pid": pid}
-        if state["status"] == "stopped" or not state["pid"]:
-            return
-        try:
-            pidfd = os.pidfd_open(state["pid"])  # opened before signalling: immune to PID reuse
-        except ProcessLookupError:
-            return
-        try:
-            if state["status"] == "paused":
-                self._runc("resume", container_id, timeout=_RUNC_QUICK)
             for signum, wait in ((stop_signal, timeout), (signal.SIGKILL, _KILL_WAIT)):
                 phase_end = time.monotonic() + wait
                 try:
-                    self._signal(container_id, pidfd, signum)
-                except FailedPrecondition:
-                    return  # exited on its own meanwhile
+                    signal.pidfd_send_signal(pidfd, signum)
+                except ProcessLookupError:
+                    return  # exited (and reaped) on its own meanwhile
                 if _poll_fd(pidfd, phase_end - time.monotonic()):
                     return
             raise DeadlineExceeded(f"stop container {container_id}: still alive after SIGKILL")
         finally:
             os.close(pidfd)
 
-    def _signal(self, container_id: str, pidfd: int, signum: int) -> None:
-        """``runc kill``, or the signal straight to the init when runc does not answer."""
-        try:
-            self.kill(container_id, signum, timeout=_RUNC_QUICK)
-        except DeadlineExceeded:
+    def _init_pidfd(self, container_id: str, pid: int, pid_start: int) -> int | None:
+        """A pidfd on the container's init, or None when it no longer runs.
+
+        A pidfd is opened before any signal, so a PID reused later is never signalled; the
+        start time check covers a reuse that happened before.
+        """
+        if not (pid and pid_start):
             try:
-                signal.pidfd_send_signal(pidfd, signum)
-            except ProcessLookupError:
-                pass
+                state = self._runc_state(container_id, timeout=_RUNC_QUICK)
+            except DeadlineExceeded:
+                if not pid:
+                    raise
+                state = {"status": "running", "pid": pid}
+            if state["status"] == "stopped" or not state["pid"]:
+                return None
+            if state["status"] == "paused":
+                self._runc("resume", container_id, timeout=_RUNC_QUICK)
+            pid = state["pid"]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if pid_start and start_time(pid) != pid_start:
+            os.close(pidfd)
+            return None  # our init exited and its PID went to another process
+        return pidfd
 
     def delete(self, container_id: str) -> None:
         """`runc delete --force`; an unknown ID is not an error."""
@@ -355,11 +362,19 @@ class OciRuntime:
             else "unknown"
         )
         bundle = st.get("bundle") or ""
-        oom = Path(persist_dir, "oom").exists() or bool(bundle and Path(bundle, "oom").exists())
         if status != "stopped":
-            return ContainerState(status, int(st["pid"]), None, None, oom)
+            return ContainerState(status, int(st["pid"]), None, None, _oom(persist_dir, bundle))
+        return self.exit_state(container_id, persist_dir, bundle)
+
+    def exit_state(self, container_id: str, persist_dir: str, bundle: str) -> ContainerState:
+        """The state of a container whose init is known to have exited, from conmon's files
+        alone (no runc call): the exit code, its ctime as the finish time, the oom marker.
+
+        conmon writes the exit file once it has drained the output, a moment after the init
+        exits (§7): wait for conmon to finish when the file is not there yet.
+        """
+        exit_path = Path(persist_dir, "exit")
         if not exit_path.exists() and bundle:
-            # runc can see the exit before conmon writes the file: wait for conmon to finish.
             conmon_pid = _read_pid(os.path.join(bundle, "conmon-pidfile"))
             if conmon_pid and _is_conmon_of(conmon_pid, container_id):
                 _wait_pidfd(conmon_pid, _EXIT_FILE_WAIT)
@@ -368,8 +383,7 @@ class OciRuntime:
             finished: float | None = exit_path.stat().st_ctime
         except (FileNotFoundError, ValueError):
             code, finished = 255, None  # CRI-O's answer when the monitor left no exit file
-        oom = oom or Path(persist_dir, "oom").exists()
-        return ContainerState("stopped", 0, code, finished, oom)
+        return ContainerState("stopped", 0, code, finished, _oom(persist_dir, bundle))
 
     # -- exec ------------------------------------------------------------------------------
 
@@ -547,6 +561,11 @@ def start_time(pid: int) -> int | None:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parens
     return int(fields[19]) if fields[0] not in ("Z", "X") else None
+
+
+def _oom(persist_dir: str, bundle: str) -> bool:
+    """Whether conmon left an OOM marker (in the persist dir, or in its cwd: the bundle)."""
+    return Path(persist_dir, "oom").exists() or bool(bundle and Path(bundle, "oom").exists())
 
 
 def _read_pid(path: str) -> int | None:

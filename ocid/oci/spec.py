@@ -26,7 +26,6 @@ from importlib import resources as pkg_resources
 from pathlib import Path
 from typing import Any
 
-
 from ocid.errors import InternalError, InvalidArgument
 from ocid.oci import seccomp
 

@@ -3,21 +3,20 @@
 The kernel takes mount options of at most one page. Absolute lowerdir paths of 60+ layers
 overflow it, so each layer has a short random link ``overlay/l/<ID>`` -> ``../<chain>/diff``
 and the mount names lowers as ``l/<ID>`` relative to ``overlay/``. The relative paths are
-resolved against the mounting process's working directory: we run mount(8) with
-``cwd=overlay/`` rather than chdir in the multi-threaded daemon.
+resolved against the mounting task's working directory: ``sysmount.mount_in_dir`` calls
+mount(2) from a throwaway thread with its own cwd, rather than chdir in the multi-threaded
+daemon (or spawn mount(8) per container).
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
-import ctypes.util
+import errno
 import os
-import subprocess
 
+from ocid import sysmount
 from ocid.errors import InternalError, InvalidArgument
 
-MNT_DETACH = 2
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -32,15 +31,14 @@ def mount_overlay(overlay_dir: str, lowers: list[str], upper: str, work: str, ta
     options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
     if len(options) >= _PAGE_SIZE:
         raise InvalidArgument(f"{what}: {len(lowers)} layers make mount options longer than a page")
+    target = os.path.abspath(target)  # only the options are relative to overlay_dir
     try:
-        result = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, target],
-                                cwd=overlay_dir, capture_output=True, text=True, timeout=60,
-                                check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InternalError(f"{what}: cannot run mount: {exc}") from exc
-    if result.returncode != 0:
+        sysmount.mount_in_dir(overlay_dir, "overlay", target, "overlay", 0, options)
+    except OSError as exc:
+        # mount(2) names the target, already in the message; a failed chdir names overlay_dir.
+        where = f"{exc.filename}: " if exc.filename not in (None, target) else ""
         raise InternalError(f"{what}: mount of the overlay at {target} failed: "
-                            f"{result.stderr.strip() or result.returncode}")
+                            f"{where}{exc.strerror}") from exc
 
 
 def unmount(target: str, what: str) -> None:
@@ -48,15 +46,15 @@ def unmount(target: str, what: str) -> None:
     if not os.path.ismount(target):
         return
     try:
-        result = subprocess.run(["umount", target], capture_output=True, text=True, timeout=60,
-                                check=False)
-        if result.returncode == 0 or not os.path.ismount(target):
+        try:
+            sysmount.unmount(target)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            # Still in use (an exec's cwd, an open file): detach it now, the kernel frees it
+            # when the last user goes, as the old ``umount`` + MNT_DETACH fallback did.
+            sysmount.unmount(target, sysmount.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):  # unmounted (or removed) since ismount
             return
-        detail = result.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        detail = str(exc)
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise InternalError(f"{what}: cannot unmount {target}: {detail}; "
-                            f"umount2: {os.strerror(err)}")
+        raise InternalError(f"{what}: cannot unmount {target}: {exc.strerror}") from exc

@@ -482,5 +482,67 @@ def test_stop_keeps_its_timeout_when_the_runtime_hangs(start_ocid, registry, bus
     cid = cri.run(pod_id, container_config(busybox_image.reference, SLEEP))
     started = time.monotonic()
     cri.stop(cid, timeout=1)
-    assert time.monotonic() - started < 4  # 1 s grace + 1 s per hung runc kill, with slack
+    assert time.monotonic() - started < 4  # 1 s grace (+ 1 s per runc call, were there any)
     assert cri.status(cid).state == api_pb2.CONTAINER_EXITED
+
+
+def _runtime_logging_calls(tmp_path: Path) -> tuple[Path, Path]:
+    """A runtime wrapper that appends each runc subcommand's arguments to a log."""
+    calls, wrapper = tmp_path / "runc-calls", tmp_path / "runc-logged"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec /usr/sbin/runc "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, calls
+
+
+def _subcommands(calls: Path) -> list[str]:
+    """The runc subcommands logged so far (the global --root flag skipped)."""
+    if not calls.exists():
+        return []
+    return [line.split()[2] for line in calls.read_text().splitlines()]
+
+
+def test_stop_and_remove_make_no_needless_runtime_calls(start_ocid, registry, busybox_image,
+                                                        tmp_path):
+    wrapper, calls = _runtime_logging_calls(tmp_path)
+    daemon = start_ocid(config_text=f'[ocid.runtime.runtimes.logged]\nruntime_path = "{wrapper}"\n')
+    write_registries(daemon, insecure(registry.host))
+    write_loopback_network(daemon.workdir)
+    cri = Cri(daemon)
+    cri.pull(busybox_image.reference)
+    pod_id = cri.run_pod(pod_config(), handler="logged")
+    cid = cri.run(pod_id, container_config(busybox_image.reference, SLEEP))
+    rootfs = Path(_verbose(cri, cid)["runtimeSpec"]["root"]["path"])
+    runc_state = daemon.workdir / "run" / "runtime" / "logged" / cid
+    assert os.path.ismount(rootfs) and runc_state.is_dir()
+    calls.unlink()
+
+    cri.stop(cid)  # the init is signalled through a pidfd: no runc state, no runc kill
+    status = cri.status(cid)
+    assert status.state == api_pb2.CONTAINER_EXITED and status.exit_code == 137
+    # The exited container gives back runc's state and its rootfs mount in the background;
+    # its record and log stay.
+    wait_for(lambda: _subcommands(calls), lambda found: found == ["delete"], within=10)
+    wait_for(lambda: os.path.ismount(rootfs), lambda mounted: not mounted, within=10)
+    assert not runc_state.exists()
+    assert cri.status(cid).exit_code == 137 and cri.containers(id=cid)
+
+    cri.remove(cid)  # nothing left for runc to do
+    assert _subcommands(calls) == ["delete"]
+    assert not cri.containers(id=cid)
+    cri.stop_pod(pod_id)  # the infra too is killed through its pidfd
+    assert "kill" not in _subcommands(calls) and "state" not in _subcommands(calls)
+    cri.remove_pod(pod_id)
+
+
+def test_an_exit_releases_runtime_state_and_rootfs(cri):
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, ["sh", "-c", "echo done; exit 3"]))
+    rootfs = Path(_verbose(cri, cid)["runtimeSpec"]["root"]["path"])
+    status = cri.wait_exited(cid)
+    assert status.exit_code == 3 and status.reason == "Error"
+    wait_for(lambda: os.path.ismount(rootfs), lambda mounted: not mounted, within=10)
+    runc_roots = cri.daemon.workdir / "run" / "runtime"
+    wait_for(lambda: list(runc_roots.glob(f"*/{cid}")), lambda there: not there, within=10)
+    assert "done" in Path(status.log_path).read_text()
+    cri.remove(cid)
+    assert not cri.containers(id=cid)
