@@ -1,4 +1,4 @@
-"""mount(2), umount2(2) and unshare(2) through ctypes: no mount(8)/umount(8) process per call.
+"""mount(2), umount2(2), unshare(2) and setns(2) through ctypes: no mount(8)/umount(8) process per call.
 
 Spawning mount(8)/umount(8) adds a fork+exec (and a PATH search) to every pod and container
 start and stop, on top of the syscall the tool makes anyway. Like ``os``, failures raise
@@ -37,6 +37,8 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.unshare.restype = ctypes.c_int
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
 
 
 def _error(path: str | None) -> OSError:
@@ -71,6 +73,12 @@ def unmount(target: str, flags: int = 0) -> None:
 def unshare(flags: int) -> None:
     """unshare(2) for the calling thread (CLONE_FS, CLONE_NEWNET, ...)."""
     if _libc.unshare(flags) != 0:
+        raise _error(None)
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread (os.setns comes with Python 3.12)."""
+    if _libc.setns(fd, nstype) != 0:
         raise _error(None)
 
 

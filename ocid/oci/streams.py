@@ -20,8 +20,6 @@ an fd number the session has already closed and the process has reused.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -39,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ocid import sysmount
 from ocid.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
-from ocid.network.netns import CLONE_NEWNET
 from ocid.oci.runtime import OciRuntime
 
 log = logging.getLogger(__name__)
@@ -596,8 +594,6 @@ def _write_ctl(ctl: str, command: str) -> bool:
 
 # -- port forward ---------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 def dial_in_netns(netns_path: str, port: int, timeout: float = 10) -> socket.socket:
@@ -679,9 +675,10 @@ def _sockets_in_netns(netns_path: str) -> list[socket.socket | None]:
 
     def body() -> None:
         try:
-            if _libc.setns(nsfd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise InternalError(f"enter network namespace {netns_path}: {os.strerror(err)}")
+            try:
+                sysmount.setns(nsfd, sysmount.CLONE_NEWNET)
+            except OSError as exc:
+                raise InternalError(f"enter network namespace {netns_path}: {exc.strerror}") from exc
             result.append(_new_sockets())
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             failure.append(exc)
