@@ -17,8 +17,6 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import tomlkit
-
 from ocid.errors import ConfigError
 
 from .schema import SECTIONS, Config
@@ -225,6 +223,9 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 def render_toml(config: Config) -> str:
     """The configuration as commented TOML that ``load_config`` reads back to the same values."""
+    # Imported here: only ``ocid config`` writes TOML; the daemon reads it with tomllib.
+    import tomlkit
+
     doc = tomlkit.document()
     for line in (
         "ocid configuration (TOML). Every key is optional: a missing key keeps its default.",
@@ -243,6 +244,8 @@ def render_toml(config: Config) -> str:
 
 
 def _add_fields(target: Any, section: Any) -> None:
+    import tomlkit
+
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         help_text = f.metadata["help"]

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ocid.config import Config
 from ocid.errors import FailedPrecondition, InvalidArgument, NotFound, OcidError
@@ -22,8 +23,10 @@ from ocid.image.policy import Policy, load_policy
 from ocid.image.progress import PullTracker
 from ocid.image.reference import ImageReference, parse_reference
 from ocid.image.registries import PullSource, RegistriesConfig, load_registries_conf
-from ocid.image.registry import RegistryClient
 from ocid.storage.store import ImageRecord, ImageStore
+
+if TYPE_CHECKING:
+    from ocid.image.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,10 @@ class ImageService:
     def client_for(self, host: str, *, insecure: bool, credentials: Credentials | None = None,
                    repository: str = "", pulling: bool = False) -> RegistryClient:
         """A registry client, with credentials from auth.json unless given."""
+        # Imported here, at the first registry call: requests and urllib3 are ~5 MB of RSS that
+        # a daemon which pulls nothing never needs.
+        from ocid.image.registry import RegistryClient
+
         if credentials is None:
             credentials = lookup_credentials(f"{host}/{repository}".rstrip("/"),
                                              default_auth_files(self.config.image.auth_file))

@@ -48,7 +48,6 @@ from ocid.storage.digest import (DigestMismatch, chain_id, chain_ids, new_hash, 
                                  split_digest)
 from ocid.storage.lock import FileLock
 from ocid.storage.overlay import mount_overlay, new_link_id, unmount
-from ocid.storage.unpack import unpack_layer
 
 __all__ = ["ContainerRecord", "DigestMismatch", "ImageRecord", "ImageStore", "LayerInfo",
            "chain_ids"]
@@ -320,6 +319,9 @@ class ImageStore:
             self._discard_layer_files(hexpart, row[1] if row else None)
             os.mkdir(tmp, 0o700)
             os.mkdir(os.path.join(tmp, "diff"))
+            # Imported here, at the first layer: tarfile and zstandard wait for a pull.
+            from ocid.storage.unpack import unpack_layer
+
             size = unpack_layer(blob, os.path.join(tmp, "diff"), layer.diff_id, what)
             with open(os.path.join(tmp, "link"), "w") as f:
                 f.write(link)

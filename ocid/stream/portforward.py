@@ -14,10 +14,13 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ocid.stream import spdy
 from ocid.stream.remotecommand import ChannelWriter, Pipe, decode_channel_message
-from ocid.stream.websocket import WebSocket, WebSocketTransport
+
+if TYPE_CHECKING:
+    from ocid.stream.websocket import WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +306,8 @@ def _forward_channel(write: ChannelWriter, index: int, port: int, pipe: Pipe, po
 def serve_tunnel(ws: WebSocket, pod_id: str, dial: Dial, *, idle_timeout: float | None,
                  creation_timeout: float) -> None:
     """SPDY/3.1+portforward.k8s.io: the WebSocket's binary messages carry a SPDY session."""
+    from ocid.stream.websocket import WebSocketTransport  # loaded already: ws is one
+
     try:
         serve_spdy(WebSocketTransport(ws), pod_id, dial, idle_timeout=idle_timeout,
                    creation_timeout=creation_timeout)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from ocid.oci.streams import StreamIO
 from ocid.stream import spdy
-from ocid.stream.websocket import WebSocket
 
 if TYPE_CHECKING:
     from ocid.stream.server import AttachCall, Backend, ExecCall
+    from ocid.stream.websocket import WebSocket
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from ocid.errors import ConfigError, FailedPrecondition, ResourceExhausted, Unavailable
 from ocid.oci.streams import StreamIO
-from ocid.stream import portforward, remotecommand, websocket
+from ocid.stream import portforward, remotecommand
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class StreamServer:
         with self._active_lock:
             self._active.add(sock)
         try:
-            if websocket.is_websocket_request(headers):
+            if _is_websocket_request(headers):
                 self._serve_websocket(kind, call, handler, headers)
             else:
                 self._serve_spdy(kind, call, handler, headers)
@@ -302,6 +302,10 @@ class StreamServer:
 
     def _serve_websocket(self, kind: str, call: Call, handler: _Handler,
                          headers: list[tuple[str, str]]) -> None:
+        # Imported here, at the first WebSocket stream: a daemon serving only SPDY streams
+        # (crictl's default transport) never needs the websockets library.
+        from ocid.stream import websocket
+
         allowed = portforward.WEBSOCKET_PROTOCOLS if kind == "portforward" \
             else remotecommand.WEBSOCKET_PROTOCOLS
         ws = websocket.upgrade(handler.connection, handler.command, handler.path, headers,
@@ -443,6 +447,13 @@ def _reply(handler: BaseHTTPRequestHandler, code: int, body: str,
         handler.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + raw)
     except OSError:
         pass
+
+
+def _is_websocket_request(headers: Iterable[tuple[str, str]]) -> bool:
+    """st/wsstream IsWebSocketRequest: ``Upgrade: websocket`` and ``Connection`` naming upgrade."""
+    upgrade = next((v for k, v in headers if k.lower() == "upgrade"), None)
+    connection = [v for k, v in headers if k.lower() == "connection"]
+    return (upgrade or "").lower() == "websocket" and any("upgrade" in v.lower() for v in connection)
 
 
 def _spdy_handshake(handler: BaseHTTPRequestHandler, headers: list[tuple[str, str]],

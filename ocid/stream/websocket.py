@@ -42,13 +42,6 @@ class Message:
     data: bytes
 
 
-def is_websocket_request(headers: Iterable[tuple[str, str]]) -> bool:
-    """st/wsstream IsWebSocketRequest: ``Upgrade: websocket`` and ``Connection`` naming upgrade."""
-    upgrade = _first(headers, "upgrade")
-    connection = [v for k, v in headers if k.lower() == "connection"]
-    return (upgrade or "").lower() == "websocket" and any("upgrade" in v.lower() for v in connection)
-
-
 def offered_subprotocols(headers: Iterable[tuple[str, str]]) -> list[str]:
     """The client's ``Sec-WebSocket-Protocol`` offers, in its order."""
     offers: list[str] = []
