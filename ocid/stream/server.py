@@ -16,8 +16,10 @@ import functools
 import http
 import ipaddress
 import logging
+import os
 import re
 import secrets
+import selectors
 import socket
 import socketserver
 import ssl
@@ -194,7 +196,8 @@ class StreamServer:
                 f"{exc.strerror or exc}") from exc
         self._httpd = httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=_accept_until_woken, args=(httpd, self._wake_r),
                                         name="stream-server", daemon=True)
         self._thread.start()
         log.info("streaming server listening on %s", self.base_url)
@@ -204,7 +207,11 @@ class StreamServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        httpd.shutdown()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(5)
+        os.close(self._wake_w)
+        os.close(self._wake_r)
         httpd.server_close()
         with self._active_lock:
             active = list(self._active)
@@ -213,8 +220,6 @@ class StreamServer:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(5)
 
     @property
     def base_url(self) -> str:
@@ -333,6 +338,22 @@ class StreamServer:
 
 
 # --- HTTP plumbing -----------------------------------------------------------------------------
+
+
+def _accept_until_woken(httpd: _HTTPServer, wake_fd: int) -> None:
+    """Accept connections until ``wake_fd`` becomes readable.
+
+    socketserver's serve_forever wakes up every poll_interval to look for a shutdown
+    request; waiting on a pipe as well lets an idle daemon sleep for good.
+    """
+    with selectors.DefaultSelector() as selector:
+        selector.register(httpd, selectors.EVENT_READ)
+        selector.register(wake_fd, selectors.EVENT_READ)
+        while True:
+            ready = [key.fd for key, _ in selector.select()]
+            if wake_fd in ready:
+                return
+            httpd.handle_request()  # readable: accepts at once
 
 
 class _HTTPServer(ThreadingHTTPServer):
