@@ -260,6 +260,7 @@ class ContainerManager:
                 pass
             else:
                 self._refresh(c, exited=True)
+                self._release(c)  # now, as cri-o unmounts in StopContainer: nothing to wait for
                 return
             self._refresh(c)
 
