@@ -11,10 +11,20 @@ from ocid.lifecycle.records import Container
 from ocid.lifecycle.service import Lifecycle
 
 from . import convert
+from .listcache import EncodedEntries
 
 
 def container_metadata(c: Container) -> api_pb2.ContainerMetadata:
     return api_pb2.ContainerMetadata(name=c.request.name, attempt=c.request.attempt)
+
+
+def list_entry(c: Container) -> api_pb2.Container:
+    """A container as ListContainers shows it."""
+    return api_pb2.Container(
+        id=c.id, pod_sandbox_id=c.pod_id, metadata=container_metadata(c),
+        image=api_pb2.ImageSpec(image=c.request.image), image_ref=c.image_ref,
+        image_id=c.image_id, state=convert.container_state_to_pb(c.state), created_at=c.created,
+        labels=c.request.labels, annotations=c.request.annotations)
 
 
 def _signal_pb(number: int) -> int:
@@ -30,6 +40,8 @@ class ContainerHandlers:
 
     def __init__(self, lifecycle: Lifecycle):
         self.containers = lifecycle.containers
+        self._listed = EncodedEntries(api_pb2.ListContainersResponse, "containers",
+                                      list_entry, lambda c: (c.state, c.image_ref))
 
     def CreateContainer(self, request: api_pb2.CreateContainerRequest
                         ) -> api_pb2.CreateContainerResponse:
@@ -74,14 +86,8 @@ class ContainerHandlers:
                        ) -> api_pb2.ListContainersResponse:
         f = request.filter
         state = convert.container_filter_state(f) if f.HasField("state") else None
-        found = self.containers.list(f.id, f.pod_sandbox_id, state, dict(f.label_selector))
-        return api_pb2.ListContainersResponse(containers=[
-            api_pb2.Container(id=c.id, pod_sandbox_id=c.pod_id, metadata=container_metadata(c),
-                              image=api_pb2.ImageSpec(image=c.request.image),
-                              image_ref=c.image_ref, image_id=c.image_id,
-                              state=convert.container_state_to_pb(c.state), created_at=c.created,
-                              labels=c.request.labels, annotations=c.request.annotations)
-            for c in found])
+        return self._listed.reply(
+            self.containers.list(f.id, f.pod_sandbox_id, state, dict(f.label_selector)))
 
     def ExecSync(self, request: api_pb2.ExecSyncRequest) -> api_pb2.ExecSyncResponse:
         result = self.containers.exec_sync(

@@ -82,7 +82,7 @@ def _wrap_unary(name: str, impl: Callable[[Any], Message]) -> Callable[..., Mess
         token = calls.serving(context.is_active)  # the core keeps results nobody awaits
         try:
             response = impl(request)
-        except Exception as exc:  # noqa: BLE001 - every error is answered with a status
+        except Exception as exc:  # every error is answered with a status
             _fail(context, name, exc)
             raise  # not reached: abort raises
         finally:

@@ -10,6 +10,7 @@ from ocid.lifecycle.records import Sandbox
 from ocid.lifecycle.service import Lifecycle
 
 from . import convert
+from .listcache import EncodedEntries
 
 
 def sandbox_metadata(sb: Sandbox) -> api_pb2.PodSandboxMetadata:
@@ -25,11 +26,21 @@ def network_status(sb: Sandbox) -> api_pb2.PodSandboxNetworkStatus:
         ip=first, additional_ips=[api_pb2.PodIP(ip=ip) for ip in others])
 
 
+def list_entry(sb: Sandbox) -> api_pb2.PodSandbox:
+    """A pod as ListPodSandbox shows it."""
+    return api_pb2.PodSandbox(id=sb.id, metadata=sandbox_metadata(sb),
+                              state=convert.sandbox_state_to_pb(sb.state), created_at=sb.created,
+                              labels=sb.request.labels, annotations=sb.request.annotations,
+                              runtime_handler=sb.runtime_handler)
+
+
 class SandboxHandlers:
     """Thin handlers over ``Lifecycle.pods``."""
 
     def __init__(self, lifecycle: Lifecycle):
         self.pods = lifecycle.pods
+        self._listed = EncodedEntries(api_pb2.ListPodSandboxResponse, "items", list_entry,
+                                      lambda sb: sb.state)
 
     def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest) -> api_pb2.RunPodSandboxResponse:
         pod = convert.pod_sandbox_config(request.config)
@@ -61,11 +72,4 @@ class SandboxHandlers:
                        ) -> api_pb2.ListPodSandboxResponse:
         f = request.filter
         state = convert.sandbox_filter_state(f) if f.HasField("state") else None
-        items = [
-            api_pb2.PodSandbox(id=sb.id, metadata=sandbox_metadata(sb),
-                               state=convert.sandbox_state_to_pb(sb.state), created_at=sb.created,
-                               labels=sb.request.labels, annotations=sb.request.annotations,
-                               runtime_handler=sb.runtime_handler)
-            for sb in self.pods.list(f.id, state, dict(f.label_selector))
-        ]
-        return api_pb2.ListPodSandboxResponse(items=items)
+        return self._listed.reply(self.pods.list(f.id, state, dict(f.label_selector)))
