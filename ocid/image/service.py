@@ -4,12 +4,14 @@ tag, push, save, load and import, over one ImageStore.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -95,6 +97,19 @@ class _ConfigFiles:
                 self._stamp = stamp
             return self._registries, self._policy
 
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS: glibc keeps what a pull's threads freed in
+    their arenas (about 3 MB of a daemon's idle memory otherwise); it takes ~0.3 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 class ImageService:
     """Images on one store: what the CRI and kpod do with them."""
@@ -188,14 +203,18 @@ class ImageService:
         candidates = registries.resolve(text)
         platform = platform or Platform.host()
         failures: list[str] = []
-        for ref in candidates:
-            policy.check("docker", ref)
-            try:
-                return self._pull_deduplicated(ref, registries, credentials, platform, tls_verify)
-            except NotFound as exc:
-                if len(candidates) == 1:
-                    raise
-                failures.append(str(exc))
+        try:
+            for ref in candidates:
+                policy.check("docker", ref)
+                try:
+                    return self._pull_deduplicated(ref, registries, credentials, platform,
+                                                   tls_verify)
+                except NotFound as exc:
+                    if len(candidates) == 1:
+                        raise
+                    failures.append(str(exc))
+        finally:
+            _return_freed_memory()
         raise NotFound(f"image {text!r} not found in any search registry: {'; '.join(failures)}")
 
     def _pull_deduplicated(self, ref: ImageReference, registries: RegistriesConfig,

