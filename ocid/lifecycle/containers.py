@@ -339,21 +339,23 @@ class ContainerManager:
         """Delete a container everywhere (also rolls back a half-made one)."""
         if c.id not in self._released:
             self._runtime(c).delete(c.id)
-        self.ctx.images.store.remove_container(c.id)
+        # The files go in one rename each; deleting them is left to the releaser thread.
+        self.ctx.images.store.remove_container(c.id, defer_delete=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.ctx.attach_dir, c.id))
-        try:
-            shutil.rmtree(self.bundle(c.id))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise InternalError(f"cannot delete container {c.id}: {exc.strerror}") from exc
+        self.ctx.containers.discard(c.id)
+        with contextlib.suppress(RuntimeError):  # shutting down: the next start deletes them
+            self._releaser.submit(self._empty_trash)
         self.registry.containers.pop(c.id, None)
         self._released.discard(c.id)
         sb = self.registry.sandboxes.get(c.pod_id)
         if sb is not None:
             self.registry.release(self.kube_name(sb, c.request), c.id)
         self.registry.forget_lock(c.id)
+
+    def _empty_trash(self) -> None:
+        self.ctx.images.store.empty_trash()
+        self.ctx.containers.empty_trash()
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         """StopPodSandbox's first step: kill every container of the pod (as containerd)."""

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import tempfile
 import types
 import typing
@@ -22,6 +23,7 @@ from ocid.errors import InternalError
 
 T = TypeVar("T")
 STATE_FILE = "state.json"
+TRASH_DIR = ".trash"  # record directories on their way out (see RecordDir.discard)
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
@@ -120,10 +122,31 @@ class RecordDir:
         except OSError as exc:
             raise InternalError(f"cannot save the state of {record.id}: {exc.strerror}") from exc
 
+    def discard(self, record_id: str) -> None:
+        """Take a record's directory away with one rename; ``empty_trash`` deletes it later,
+        off the request's path. An absent directory is fine."""
+        trash = os.path.join(self.root, TRASH_DIR)
+        os.makedirs(trash, mode=0o700, exist_ok=True)
+        try:
+            os.rename(self.path(record_id), os.path.join(trash, f"{record_id}.{os.urandom(4).hex()}"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise InternalError(f"cannot delete the record of {record_id}: {exc.strerror}") from exc
+
+    def empty_trash(self) -> None:
+        """Delete what ``discard`` moved away (at start too: a crash may have left some)."""
+        trash = os.path.join(self.root, TRASH_DIR)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(trash):
+                shutil.rmtree(os.path.join(trash, entry), ignore_errors=True)
+
     def load_all(self) -> tuple[list[Any], list[str]]:
         """Every readable record, and the IDs of directories without a usable one."""
         records, broken = [], []
         for entry in sorted(os.listdir(self.root)):
+            if entry == TRASH_DIR:
+                continue
             path = os.path.join(self.root, entry, STATE_FILE)
             try:
                 with open(path, "rb") as f:

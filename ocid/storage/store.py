@@ -130,6 +130,9 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
+_DELETED = ".deleted"  # suffix, in tmp/, of a removed container's files not yet deleted
+
+
 def _rmtree(path: str) -> None:
     """Remove a tree that may or may not exist."""
     if os.path.lexists(path):
@@ -727,22 +730,37 @@ class ImageStore:
                     raise NotFound(f"container {container_id} is not in the store")
             unmount(merged, f"container {container_id}")
 
-    def remove_container(self, container_id: str) -> None:
-        """Unmount and delete a container's file systems and record; unknown IDs are a no-op."""
+    def remove_container(self, container_id: str, *, defer_delete: bool = False) -> None:
+        """Unmount and delete a container's file systems and record; unknown IDs are a no-op.
+
+        ``defer_delete`` only moves the files out of the way (one rename) and leaves deleting
+        them to ``empty_trash``, which a daemon runs off the request's path.
+        """
         try:
             cdir = self._container_dir(container_id)
         except InvalidArgument:
             return  # no container can have such an ID
         with self._lock("container", f"{container_id}.lock") as lock:
             unmount(os.path.join(cdir, "merged"), f"container {container_id}")
+            trashed = os.path.join(self.tmp_dir, f"{container_id}{_DELETED}")
             try:
-                _rmtree(cdir)
+                if os.path.lexists(cdir):
+                    _rmtree(trashed)  # left by a crash between rename and delete
+                    os.rename(cdir, trashed)
             except OSError as exc:
                 raise InternalError(
                     f"cannot delete container {container_id}: {exc.strerror}") from exc
             with self._db.write() as conn:
                 conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
             lock.unlink()
+        if not defer_delete:
+            shutil.rmtree(trashed, ignore_errors=True)
+
+    def empty_trash(self) -> None:
+        """Delete the files of removed containers (crash leftovers too: see _cleanup)."""
+        for entry in os.listdir(self.tmp_dir):
+            if entry.endswith(_DELETED):
+                shutil.rmtree(os.path.join(self.tmp_dir, entry), ignore_errors=True)
 
     def list_containers(self) -> list[ContainerRecord]:
         """Every container, oldest first."""
@@ -778,7 +796,9 @@ class ImageStore:
         return used, len(seen) + 1
 
     def _cleanup(self) -> None:
-        """Remove what crashed writers left: partial blobs, half-made or half-deleted layers."""
+        """Remove what crashed writers left: partial blobs, half-made or half-deleted layers,
+        files of removed containers."""
+        self.empty_trash()
         for entry in os.listdir(self.tmp_dir):
             lock = FileLock(os.path.join(self.tmp_dir, entry))
             if entry.endswith(".partial") and lock.acquire(blocking=False):

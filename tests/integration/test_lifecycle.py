@@ -426,7 +426,11 @@ def test_kill_9_during_churn_leaks_nothing(cri, start_ocid):
     assert leftovers(workdir, again.daemon.proc.pid) == {"processes": [], "mounts": [],
                                                          "runtime": [], "cgroups": []}
     assert os.listdir(workdir / "root" / "sandboxes") == []
-    assert os.listdir(workdir / "root" / "containers") == []
+    records = workdir / "root" / "containers"
+    assert os.listdir(records) in ([], [".trash"])  # removed records wait in .trash, deleted
+    wait_for(lambda: list((records / ".trash").glob("*")), lambda left: not left)  # at once
+    wait_for(lambda: list((workdir / "root" / "storage" / "tmp").glob("*.deleted")),
+             lambda left: not left)
     assert not [n for n in os.listdir(workdir / "netns")]
 
 

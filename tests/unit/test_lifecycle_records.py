@@ -89,3 +89,20 @@ def test_lookup_by_full_id_or_unique_prefix():
         registry.sandbox("zzz")
     with pytest.raises(InvalidArgument):
         registry.sandbox("")
+
+
+def test_discarded_records_leave_at_once_and_are_deleted_with_the_trash(tmp_path):
+    ctrs = RecordDir(str(tmp_path), Container)
+    for cid in ("a" * 64, "b" * 64):
+        c = Container(id=cid, pod_id="p", request=_container_request())
+        os.makedirs(ctrs.path(cid))
+        ctrs.save(c)
+    ctrs.discard("a" * 64)
+    ctrs.discard("never-existed")
+    assert not os.path.exists(ctrs.path("a" * 64))
+    records, broken = ctrs.load_all()
+    assert [c.id for c in records] == ["b" * 64] and broken == []  # the trash is no record
+    assert len(os.listdir(tmp_path / ".trash")) == 1
+    ctrs.empty_trash()
+    assert os.listdir(tmp_path / ".trash") == []
+    assert sorted(os.listdir(tmp_path)) == [".trash", "b" * 64]

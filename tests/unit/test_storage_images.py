@@ -195,3 +195,25 @@ def test_fs_usage_counts_bytes_and_inodes(store: ImageStore) -> None:
     assert used_bytes - before_bytes >= 2 << 20  # the blob and the unpacked file
     assert used_bytes - before_bytes < 3 << 20  # the hard link is counted once
     assert used_inodes > before_inodes
+
+
+def test_deferred_container_delete_moves_files_out_then_empties_the_trash(store: ImageStore,
+                                                                          tmp_path) -> None:
+    add_image(store, [BASE], names=["a:1"])
+    store.create_container("c1", "one", "a:1")
+    store.create_container("c2", "two", "a:1")
+    store.remove_container("c1", defer_delete=True)
+    assert not os.path.exists(os.path.join(store.containers_dir, "c1"))
+    assert [c.id for c in store.list_containers()] == ["c2"]
+    store.create_container("c3", "one", "a:1")  # the name is free at once
+    assert os.listdir(store.tmp_dir) == ["c1.deleted"]
+    store.empty_trash()
+    assert os.listdir(store.tmp_dir) == []
+
+    store.remove_container("c2", defer_delete=True)  # a crash before the trash is emptied:
+    reopened = ImageStore(store.root)  # the next open deletes it
+    try:
+        assert os.listdir(store.tmp_dir) == []
+        assert [c.id for c in reopened.list_containers()] == ["c3"]
+    finally:
+        reopened.close()
