@@ -1,11 +1,11 @@
-"""The CRI gRPC layer: thin handlers, one module per RPC group, wrapped by ``instrument``."""
+"""The CRI gRPC layer: thin handlers, one module per RPC group, registered through ``instrument``."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri_api.v1 import api_pb2
 
 from ocid.config import Config
 from ocid.image.service import ImageService
@@ -14,7 +14,7 @@ from ocid.stream.server import StreamServer
 
 from .container import ContainerHandlers
 from .image import ImageHandlers
-from .instrument import instrument
+from .instrument import register
 from .runtime import RuntimeInfoHandlers
 from .sandbox import SandboxHandlers
 from .streaming import StreamingHandlers
@@ -39,7 +39,6 @@ def create_server(config: Config, images: ImageService, lifecycle: Lifecycle,
     runtime_handlers = [RuntimeInfoHandlers(config, images, lifecycle.ctx.cni), SandboxHandlers(lifecycle),
                         ContainerHandlers(lifecycle), StreamingHandlers(lifecycle, streams)]
     image_handlers = [ImageHandlers(images)]
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(
-        instrument(RUNTIME_SERVICE, runtime_handlers), server)
-    api_pb2_grpc.add_ImageServiceServicer_to_server(instrument(IMAGE_SERVICE, image_handlers), server)
+    register(server, RUNTIME_SERVICE, runtime_handlers)
+    register(server, IMAGE_SERVICE, image_handlers)
     return server

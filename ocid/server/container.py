@@ -11,7 +11,7 @@ from ocid.lifecycle.records import Container
 from ocid.lifecycle.service import Lifecycle
 
 from . import convert
-from .listcache import EncodedEntries
+from .listcache import Encoded, EncodedEntries
 
 
 def container_metadata(c: Container) -> api_pb2.ContainerMetadata:
@@ -83,7 +83,7 @@ class ContainerHandlers:
         return api_pb2.ContainerStatusResponse(status=status, info=info)
 
     def ListContainers(self, request: api_pb2.ListContainersRequest
-                       ) -> api_pb2.ListContainersResponse:
+                       ) -> Encoded:  # a ListContainersResponse
         f = request.filter
         state = convert.container_filter_state(f) if f.HasField("state") else None
         return self._listed.reply(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
-from google.protobuf import text_format
+from google.protobuf import message_factory, text_format
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from ocid import calls, errors
+
+from .listcache import Encoded
 
 log = logging.getLogger("ocid.server")
 
@@ -59,8 +60,10 @@ def _is_read_only(name: str) -> bool:
 BRIEF_MAX_BYTES = 4096
 
 
-def _brief(message: Message) -> str:
+def _brief(message: Message | Encoded) -> str:
     """A one-line text form of a message for the debug log, with credentials removed."""
+    if isinstance(message, Encoded):
+        message = message.message()
     size = message.ByteSize()
     if size > BRIEF_MAX_BYTES:
         return f"<{message.DESCRIPTOR.name} of {size} bytes>"
@@ -128,15 +131,31 @@ def _unimplemented(service: ServiceDescriptor, method: MethodDescriptor) -> Call
     return impl
 
 
-def instrument(service: ServiceDescriptor, handlers: Sequence[object]) -> SimpleNamespace:
-    """A servicer for ``service`` whose methods come from the first handler that has them."""
-    methods: dict[str, Callable[..., Any]] = {}
+def _serialize(response: Message | Encoded) -> bytes:
+    # grpc takes exact bytes only: given a subclass, the call never gets its answer
+    return bytes(response) if isinstance(response, Encoded) else response.SerializeToString()
+
+
+def register(server: grpc.Server, service: ServiceDescriptor, handlers: Sequence[object]) -> None:
+    """Serve ``service`` on ``server`` with the methods of the first handler that has them.
+
+    This is what the generated ``add_…Servicer_to_server`` does, built from the service
+    descriptor, with one difference: a handler may answer with an ``Encoded`` reply.
+    """
+    rpc_handlers = {}
     for method in service.methods:
         impl = next((getattr(h, method.name) for h in handlers if hasattr(h, method.name)), None)
         if impl is None:
             impl = _unimplemented(service, method)
+        deserialize = message_factory.GetMessageClass(method.input_type).FromString
         if method.server_streaming:
-            methods[method.name] = _wrap_stream(method.name, impl)
+            rpc_handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method.name, impl), request_deserializer=deserialize,
+                response_serializer=_serialize)
         else:
-            methods[method.name] = _wrap_unary(method.name, impl)
-    return SimpleNamespace(**methods)
+            rpc_handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method.name, impl), request_deserializer=deserialize,
+                response_serializer=_serialize)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, rpc_handlers),))
+    server.add_registered_method_handlers(service.full_name, rpc_handlers)

@@ -4,14 +4,14 @@ Filling a protobuf message field by field from Python costs about 14 µs per lis
 (upb backend): 1.4 ms for a ListContainers of 100 containers, which the kubelet asks for
 every second. A repeated message field is, on the wire, just its entries one after another,
 each framed as (tag, length, bytes). So each entry is serialized once and kept with the
-version of the record it shows, and a reply is parsed from the joined bytes: 0.18 ms for
-the same 100 containers.
+version of the record it shows, and a reply is the joined bytes, sent as they are (the
+server's serializer passes an ``Encoded`` reply through): 11 µs for the same 100 containers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from google.protobuf.message import Message
 
@@ -24,6 +24,21 @@ class _Record(Protocol):
 
 R = TypeVar("R", bound=_Record)
 M = TypeVar("M", bound=Message)
+
+
+class Encoded(bytes):
+    """A reply already in wire format: the server sends it as it is (``instrument``)."""
+
+    message_type: type[Message]
+
+    def __new__(cls, data: bytes, message_type: type[Message]) -> Self:
+        encoded = super().__new__(cls, data)
+        encoded.message_type = message_type
+        return encoded
+
+    def message(self) -> Message:
+        """The reply parsed (for the debug log and tests)."""
+        return self.message_type.FromString(self)
 
 
 def _varint(value: int) -> bytes:
@@ -52,8 +67,8 @@ class EncodedEntries(Generic[R, M]):
         self._version = version
         self._entries: dict[str, tuple[Hashable, bytes]] = {}
 
-    def reply(self, records: Sequence[R]) -> M:
-        """A reply listing ``records``, in their order."""
+    def reply(self, records: Sequence[R]) -> Encoded:
+        """A reply listing ``records``, in their order, ready to send."""
         parts = []
         for record in records:
             version = self._version(record)
@@ -66,4 +81,4 @@ class EncodedEntries(Generic[R, M]):
         if len(self._entries) > 2 * len(parts) + 256:  # mostly entries of removed records
             listed = {record.id for record in records}
             self._entries = {k: v for k, v in self._entries.items() if k in listed}
-        return self.reply_type.FromString(b"".join(parts))
+        return Encoded(b"".join(parts), self.reply_type)

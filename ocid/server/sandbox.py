@@ -10,7 +10,7 @@ from ocid.lifecycle.records import Sandbox
 from ocid.lifecycle.service import Lifecycle
 
 from . import convert
-from .listcache import EncodedEntries
+from .listcache import Encoded, EncodedEntries
 
 
 def sandbox_metadata(sb: Sandbox) -> api_pb2.PodSandboxMetadata:
@@ -69,7 +69,7 @@ class SandboxHandlers:
         return api_pb2.PodSandboxStatusResponse(status=status, info=info)
 
     def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest
-                       ) -> api_pb2.ListPodSandboxResponse:
+                       ) -> Encoded:  # a ListPodSandboxResponse
         f = request.filter
         state = convert.sandbox_filter_state(f) if f.HasField("state") else None
         return self._listed.reply(self.pods.list(f.id, state, dict(f.label_selector)))

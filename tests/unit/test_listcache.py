@@ -41,9 +41,9 @@ def test_varint_matches_protobuf():
 
 def test_reply_equals_the_directly_built_one_in_order():
     items = [Item(f"p{i}", i % 2, {"k": "v" * i}) for i in range(150)]  # lengths past 127
-    assert entries([]).reply(items) == direct(items)
-    assert entries([]).reply(list(reversed(items))) == direct(list(reversed(items)))
-    assert entries([]).reply([]) == api_pb2.ListPodSandboxResponse()
+    assert entries([]).reply(items).message() == direct(items)
+    assert entries([]).reply(list(reversed(items))).message() == direct(list(reversed(items)))
+    assert entries([]).reply([]).message() == api_pb2.ListPodSandboxResponse()
 
 
 def test_entries_are_rebuilt_only_when_their_version_changes():
@@ -54,7 +54,7 @@ def test_entries_are_rebuilt_only_when_their_version_changes():
     cache.reply(items)
     assert built == ["a", "b"]
     items[1].state = 1  # NOTREADY
-    assert cache.reply(items) == direct(items)
+    assert cache.reply(items).message() == direct(items)
     assert built == ["a", "b", "b"]
 
 
@@ -63,5 +63,5 @@ def test_entries_of_records_no_longer_listed_are_dropped():
     cache = entries(built)
     cache.reply([Item(f"old{i}", 0, {}) for i in range(300)])
     only = [Item("new", 0, {})]
-    assert cache.reply(only) == direct(only)
+    assert cache.reply(only).message() == direct(only)
     assert len(cache._entries) == 1
