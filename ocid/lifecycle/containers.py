@@ -78,10 +78,28 @@ class ContainerManager:
         # background, off the RPC that saw the exit (see _release).
         self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
         self._released: set[str] = set()
+        # Removed containers' files are deleted by a thread of their own, one pass at a
+        # time, so a big delete never holds up a release.
+        self._trash = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trash")
+        self._trash_queued = threading.Event()
 
     def close(self) -> None:
-        """Finish the releases under way (a restart would redo the rest)."""
+        """Finish the work under way (the next start redoes the rest)."""
         self._releaser.shutdown(wait=True, cancel_futures=True)
+        self._trash.shutdown(wait=True, cancel_futures=True)
+
+    def empty_trash_later(self) -> None:
+        """Delete the files of removed containers in the background (one pass queued at most)."""
+        if self._trash_queued.is_set():
+            return
+        self._trash_queued.set()
+        with contextlib.suppress(RuntimeError):  # shutting down: the next start does it
+            self._trash.submit(self._empty_trash)
+
+    def _empty_trash(self) -> None:
+        self._trash_queued.clear()  # first: a removal from now on queues another pass
+        self.ctx.images.store.empty_trash()
+        self.ctx.containers.empty_trash()
 
     def bundle(self, cid: str) -> str:
         return self.ctx.containers.path(cid)
@@ -309,6 +327,8 @@ class ContainerManager:
         also kills what its init left in the cgroup) and the rootfs mount, as containerd
         deletes the task at exit and cri-o unmounts at stop. The record, the upper dir and
         the log stay until RemoveContainer."""
+        if c.id not in self.registry.containers:
+            return  # removed meanwhile (taking its lock would make it anew)
         with self.registry.locked(c.id):
             if c.state != EXITED or c.id in self._released or c.id not in self.registry.containers:
                 return
@@ -344,18 +364,13 @@ class ContainerManager:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.ctx.attach_dir, c.id))
         self.ctx.containers.discard(c.id)
-        with contextlib.suppress(RuntimeError):  # shutting down: the next start deletes them
-            self._releaser.submit(self._empty_trash)
+        self.empty_trash_later()
         self.registry.containers.pop(c.id, None)
         self._released.discard(c.id)
         sb = self.registry.sandboxes.get(c.pod_id)
         if sb is not None:
             self.registry.release(self.kube_name(sb, c.request), c.id)
         self.registry.forget_lock(c.id)
-
-    def _empty_trash(self) -> None:
-        self.ctx.images.store.empty_trash()
-        self.ctx.containers.empty_trash()
 
     def stop_all_in_pod(self, pod_id: str) -> None:
         """StopPodSandbox's first step: kill every container of the pod (as containerd)."""

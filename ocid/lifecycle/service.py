@@ -49,7 +49,7 @@ class Lifecycle:
 
     def restore(self) -> None:
         """Take every saved pod and container; roll back half-made ones; drop leftovers."""
-        self.ctx.containers.empty_trash()  # records removed just before a crash
+        self.containers.empty_trash_later()  # files of containers removed before a restart
         sandboxes, broken_pods = self.ctx.sandboxes.load_all()
         containers, broken_ctrs = self.ctx.containers.load_all()
         # Pods whose hostPorts are reachable on 127.0.0.1 hold the bridge's routing.

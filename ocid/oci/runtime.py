@@ -282,11 +282,19 @@ class OciRuntime:
                     signal.pidfd_send_signal(pidfd, signum)
                 except ProcessLookupError:
                     return  # exited (and reaped) on its own meanwhile
+                if signum == signal.SIGKILL and not _poll_fd(pidfd, _RUNC_QUICK):
+                    self._resume_if_paused(container_id)  # a frozen task outlives SIGKILL
                 if _poll_fd(pidfd, phase_end - time.monotonic()):
                     return
             raise DeadlineExceeded(f"stop container {container_id}: still alive after SIGKILL")
         finally:
             os.close(pidfd)
+
+    def _resume_if_paused(self, container_id: str) -> None:
+        """Thaw a paused (frozen) container, so that its pending SIGKILL lands."""
+        with contextlib.suppress(OcidError, ValueError, KeyError):
+            if self._runc_state(container_id, timeout=_RUNC_QUICK)["status"] == "paused":
+                self._runc("resume", container_id, timeout=_RUNC_QUICK)
 
     def _init_pidfd(self, container_id: str, pid: int, pid_start: int) -> int | None:
         """A pidfd on the container's init, or None when it no longer runs.
@@ -310,9 +318,14 @@ class OciRuntime:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return None
-        if pid_start and start_time(pid) != pid_start:
-            os.close(pidfd)
-            return None  # our init exited and its PID went to another process
+        if pid_start:
+            started = start_time(pid, zombie=True)  # a zombie's PID is not reused yet
+            if started is None:  # reaped just now, or /proc unreadable: ask runc
+                os.close(pidfd)
+                return self._init_pidfd(container_id, pid, 0)
+            if started != pid_start:
+                os.close(pidfd)
+                return None  # our init exited and its PID went to another process
         return pidfd
 
     def delete(self, container_id: str) -> None:
@@ -550,8 +563,9 @@ def _read_line(sock: socket.socket, deadline: float) -> str | None:
     return buf.split(b"\n", 1)[0].decode(errors="replace")
 
 
-def start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone.
+def start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """A process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone
+    (or a zombie, unless ``zombie``).
 
     Saved next to a PID so that a later PID reuse is never mistaken for our process.
     """
@@ -560,7 +574,7 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parens
-    return int(fields[19]) if fields[0] not in ("Z", "X") else None
+    return int(fields[19]) if zombie or fields[0] not in ("Z", "X") else None
 
 
 def _oom(persist_dir: str, bundle: str) -> bool:

@@ -41,7 +41,8 @@ class ContainerHandlers:
     def __init__(self, lifecycle: Lifecycle):
         self.containers = lifecycle.containers
         self._listed = EncodedEntries(api_pb2.ListContainersResponse, "containers",
-                                      list_entry, lambda c: (c.state, c.image_ref))
+                                      list_entry, lambda c: (c.state, c.image_ref),
+                                      lambda: lifecycle.ctx.registry.containers)
 
     def CreateContainer(self, request: api_pb2.CreateContainerRequest
                         ) -> api_pb2.CreateContainerResponse:

@@ -10,7 +10,7 @@ server's serializer passes an ``Encoded`` reply through): 11 µs for the same 10
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from typing import Generic, Protocol, Self, TypeVar
 
 from google.protobuf.message import Message
@@ -59,8 +59,10 @@ class EncodedEntries(Generic[R, M]):
     """
 
     def __init__(self, reply_type: type[M], field: str, build: Callable[[R], Message],
-                 version: Callable[[R], Hashable]):
+                 version: Callable[[R], Hashable], live: Callable[[], Container[str]]):
+        """``live()``: the IDs of every record that still exists (entries of others go)."""
         self.reply_type = reply_type
+        self._live = live
         self._tag = _varint(reply_type.DESCRIPTOR.fields_by_name[field].number << 3
                             | _WIRE_TYPE_LENGTH_DELIMITED)
         self._build = build
@@ -78,7 +80,8 @@ class EncodedEntries(Generic[R, M]):
                 kept = (version, self._tag + _varint(len(body)) + body)
                 self._entries[record.id] = kept  # a race only builds an entry twice
             parts.append(kept[1])
-        if len(self._entries) > 2 * len(parts) + 256:  # mostly entries of removed records
-            listed = {record.id for record in records}
-            self._entries = {k: v for k, v in self._entries.items() if k in listed}
+        live = self._live()
+        if len(self._entries) > 2 * len(live) + 256:  # entries of removed records
+            # dict() copies in one step, so a concurrent insert cannot break the loop
+            self._entries = {k: v for k, v in dict(self._entries).items() if k in live}
         return Encoded(b"".join(parts), self.reply_type)

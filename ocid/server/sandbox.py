@@ -40,7 +40,7 @@ class SandboxHandlers:
     def __init__(self, lifecycle: Lifecycle):
         self.pods = lifecycle.pods
         self._listed = EncodedEntries(api_pb2.ListPodSandboxResponse, "items", list_entry,
-                                      lambda sb: sb.state)
+                                      lambda sb: sb.state, lambda: lifecycle.ctx.registry.sandboxes)
 
     def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest) -> api_pb2.RunPodSandboxResponse:
         pod = convert.pod_sandbox_config(request.config)

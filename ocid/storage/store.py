@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -746,7 +747,12 @@ class ImageStore:
             try:
                 if os.path.lexists(cdir):
                     _rmtree(trashed)  # left by a crash between rename and delete
-                    os.rename(cdir, trashed)
+                    try:
+                        os.rename(cdir, trashed)
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:  # the containers dir is a mount of its own
+                            raise
+                        _rmtree(cdir)
             except OSError as exc:
                 raise InternalError(
                     f"cannot delete container {container_id}: {exc.strerror}") from exc
@@ -796,9 +802,8 @@ class ImageStore:
         return used, len(seen) + 1
 
     def _cleanup(self) -> None:
-        """Remove what crashed writers left: partial blobs, half-made or half-deleted layers,
-        files of removed containers."""
-        self.empty_trash()
+        """Remove what crashed writers left: partial blobs, half-made or half-deleted layers.
+        (Files of removed containers wait for ``empty_trash``: a daemon runs it off its path.)"""
         for entry in os.listdir(self.tmp_dir):
             lock = FileLock(os.path.join(self.tmp_dir, entry))
             if entry.endswith(".partial") and lock.acquire(blocking=False):

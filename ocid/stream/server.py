@@ -210,9 +210,10 @@ class StreamServer:
         os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(5)
-        os.close(self._wake_w)
-        os.close(self._wake_r)
-        httpd.server_close()
+        if self._thread is None or not self._thread.is_alive():  # else it may still select
+            os.close(self._wake_w)
+            os.close(self._wake_r)
+            httpd.server_close()
         with self._active_lock:
             active = list(self._active)
         for sock in active:

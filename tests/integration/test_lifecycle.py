@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -548,5 +549,18 @@ def test_an_exit_releases_runtime_state_and_rootfs(cri):
     runc_roots = cri.daemon.workdir / "run" / "runtime"
     wait_for(lambda: list(runc_roots.glob(f"*/{cid}")), lambda there: not there, within=10)
     assert "done" in Path(status.log_path).read_text()
+    cri.remove(cid)
+    assert not cri.containers(id=cid)
+
+
+def test_stop_and_remove_a_paused_container(cri):
+    # CRI never pauses, but an operator's `runc pause` must not make the container
+    # unstoppable: a frozen task outlives SIGKILL until it is thawed.
+    pod_id, _ = _pod(cri)
+    cid = cri.run(pod_id, container_config(cri.image, SLEEP))
+    runc_root = cri.daemon.workdir / "run" / "runtime" / "default"
+    subprocess.run(["runc", "--root", str(runc_root), "pause", cid], check=True)
+    cri.stop(cid)
+    assert cri.status(cid).state == api_pb2.CONTAINER_EXITED
     cri.remove(cid)
     assert not cri.containers(id=cid)

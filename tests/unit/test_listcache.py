@@ -25,11 +25,12 @@ def direct(items: list[Item]) -> api_pb2.ListPodSandboxResponse:
     return api_pb2.ListPodSandboxResponse(items=[entry(i) for i in items])
 
 
-def entries(built: list[str]) -> EncodedEntries:
+def entries(built: list[str], live: set[str] | None = None) -> EncodedEntries:
     def build(item: Item) -> api_pb2.PodSandbox:
         built.append(item.id)
         return entry(item)
-    return EncodedEntries(api_pb2.ListPodSandboxResponse, "items", build, lambda i: i.state)
+    return EncodedEntries(api_pb2.ListPodSandboxResponse, "items", build, lambda i: i.state,
+                          lambda: live if live is not None else set(built))
 
 
 def test_varint_matches_protobuf():
@@ -58,10 +59,16 @@ def test_entries_are_rebuilt_only_when_their_version_changes():
     assert built == ["a", "b", "b"]
 
 
-def test_entries_of_records_no_longer_listed_are_dropped():
+def test_entries_of_removed_records_are_dropped_and_filtered_lists_keep_the_rest():
     built: list[str] = []
-    cache = entries(built)
-    cache.reply([Item(f"old{i}", 0, {}) for i in range(300)])
+    live = {f"p{i}" for i in range(300)}
+    cache = entries(built, live)
+    items = [Item(f"p{i}", 0, {}) for i in range(300)]
+    cache.reply(items)
+    cache.reply(items[:1])  # a filtered list: the other entries stay
+    assert len(cache._entries) == 300 and len(built) == 300
+    live.clear()
+    live.add("new")  # every old record removed
     only = [Item("new", 0, {})]
     assert cache.reply(only).message() == direct(only)
-    assert len(cache._entries) == 1
+    assert list(cache._entries) == ["new"]
