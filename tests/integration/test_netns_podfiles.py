@@ -14,20 +14,9 @@ import pytest
 from ocid.errors import AlreadyExists, InvalidArgument
 from ocid.lifecycle import podfiles
 from ocid.network import netns
+from tests.support.cleanup import mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root")
-
-
-def mounts() -> list[tuple[str, str, str, str]]:
-    """(mount point, fstype, mount options, super options) of every mount, in order."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            point = fields[4].encode().decode("unicode_escape")
-            found.append((point, fields[sep + 1], fields[5], fields[sep + 3]))
-    return found
 
 
 def mounts_at_or_under(root: str) -> list[str]:

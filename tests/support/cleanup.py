@@ -34,6 +34,18 @@ def processes_under(workdir: Path, ignore: tuple[int, ...] = ()) -> list[int]:
     return found
 
 
+def mounts() -> list[tuple[str, str, str, str]]:
+    """(mount point, fstype, mount options, super options) of every mount, in order."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point = fields[4].encode().decode("unicode_escape")
+            found.append((point, fields[sep + 1], fields[5], fields[sep + 3]))
+    return found
+
+
 def mounts_under(workdir: Path, keep: tuple[str, ...] = ()) -> list[str]:
     """Mount points under ``workdir`` except ``keep``, deepest first."""
     prefix = str(workdir).rstrip("/") + "/"

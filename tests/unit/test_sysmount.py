@@ -16,20 +16,9 @@ from ocid import sysmount
 from ocid.errors import InternalError, InvalidArgument
 from ocid.lifecycle import podfiles
 from ocid.storage import overlay
+from tests.support.cleanup import mounts
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
-
-
-def mounts() -> list[tuple[str, str, str, str]]:
-    """(mount point, fstype, mount options, super options) of every mount, in order."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            point = fields[4].encode().decode("unicode_escape")
-            found.append((point, fields[sep + 1], fields[5], fields[sep + 3]))
-    return found
 
 
 def mounts_under(root: Path) -> list[str]:
