@@ -277,14 +277,15 @@ class ContainerManager:
             except NotFound:
                 pass
             else:
-                self._refresh(c, exited=True)
-                self._release(c)  # now, as cri-o unmounts in StopContainer: nothing to wait for
+                # released now, as cri-o unmounts in StopContainer: a remove has nothing to wait for
+                self._refresh(c, exited=True, release_now=True)
                 return
             self._refresh(c)
 
-    def _refresh(self, c: Container, *, exited: bool = False) -> None:
+    def _refresh(self, c: Container, *, exited: bool = False, release_now: bool = False) -> None:
         """Bring a created/running container's record in line with runc and conmon;
-        ``exited``: the init is known to be gone, so conmon's files say all (no runc call)."""
+        ``exited``: the init is known to be gone, so conmon's files say all (no runc call).
+        An exit found is released (see _release) now, or else in the background."""
         if c.state not in (CREATED, RUNNING) or c.id not in self.registry.containers:
             return
         runtime = self._runtime(c)
@@ -293,18 +294,19 @@ class ContainerManager:
             st = (runtime.exit_state(c.id, bundle, bundle) if exited
                   else runtime.state(c.id, bundle))
         except NotFound:
-            self._mark_exited(c, 255, None, False, "the runtime has no record of the container")
+            self._mark_exited(c, 255, None, False, "the runtime has no record of the container",
+                              release_now)
             return
         if st.status == "stopped":
             self._mark_exited(c, st.exit_code if st.exit_code is not None else 255,
-                              st.finished_at, st.oom_killed, "")
+                              st.finished_at, st.oom_killed, "", release_now)
         elif st.status in ("running", "paused") and c.state == CREATED:
             c.started = c.started or now_ns()
             c.state = RUNNING
             self.ctx.containers.save(c)
 
     def _mark_exited(self, c: Container, code: int, finished: float | None, oom: bool,
-                     message: str) -> None:
+                     message: str, release_now: bool) -> None:
         c.exit_code = code
         c.finished = int(finished * 1e9) if finished else now_ns()
         # An exit seen for a container still "created" here (ocid was killed right after
@@ -316,7 +318,10 @@ class ContainerManager:
         c.state = EXITED  # last: status readers take no lock and must never see half of it
         self.ctx.containers.save(c)
         log.info("container %s exited with %d (%s)", c.id, code, c.reason)
-        self._release_later(c)
+        if release_now:
+            self._release(c)
+        else:
+            self._release_later(c)
 
     def _release_later(self, c: Container) -> None:
         with contextlib.suppress(RuntimeError):  # shutting down: RemoveContainer does it

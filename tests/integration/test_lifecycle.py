@@ -472,17 +472,30 @@ def test_exec_sync_output_is_capped(cri):
     assert r.exit_code == 0 and len(r.stdout) == 8 * 1024 * 1024  # 20 MiB written, 8 kept
 
 
-def test_stop_keeps_its_timeout_when_the_runtime_hangs(start_ocid, registry, busybox_image,
-                                                        tmp_path):
-    wrapper = tmp_path / "runc-hangs-on-kill"
-    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = kill ] && exec sleep 30; done\n'
-                       'exec /usr/sbin/runc "$@"\n')
+def _runc_wrapper(tmp_path: Path, name: str, first: str) -> Path:
+    """A runtime that runs the shell line ``first``, then the real runc."""
+    wrapper = tmp_path / f"runc-{name}"
+    wrapper.write_text(f'#!/bin/sh\n{first}\nexec /usr/sbin/runc "$@"\n')
     wrapper.chmod(0o755)
-    daemon = start_ocid(config_text=f'[ocid.runtime.runtimes.hangs]\nruntime_path = "{wrapper}"\n')
+    return wrapper
+
+
+def _cri_with_runtime(start_ocid, registry, busybox_image, handler: str, runtime: Path) -> Cri:
+    """An ocid with the runtime handler ``handler`` = ``runtime`` and busybox pulled."""
+    daemon = start_ocid(config_text=f'[ocid.runtime.runtimes.{handler}]\n'
+                                    f'runtime_path = "{runtime}"\n')
     write_registries(daemon, insecure(registry.host))
     write_loopback_network(daemon.workdir)
     cri = Cri(daemon)
     cri.pull(busybox_image.reference)
+    return cri
+
+
+def test_stop_keeps_its_timeout_when_the_runtime_hangs(start_ocid, registry, busybox_image,
+                                                        tmp_path):
+    wrapper = _runc_wrapper(tmp_path, "hangs",
+                            'for a in "$@"; do [ "$a" = kill ] && exec sleep 30; done')
+    cri = _cri_with_runtime(start_ocid, registry, busybox_image, "hangs", wrapper)
     pod_id = cri.run_pod(pod_config(), handler="hangs")
     cid = cri.run(pod_id, container_config(busybox_image.reference, SLEEP))
     started = time.monotonic()
@@ -491,12 +504,6 @@ def test_stop_keeps_its_timeout_when_the_runtime_hangs(start_ocid, registry, bus
     assert cri.status(cid).state == api_pb2.CONTAINER_EXITED
 
 
-def _runtime_logging_calls(tmp_path: Path) -> tuple[Path, Path]:
-    """A runtime wrapper that appends each runc subcommand's arguments to a log."""
-    calls, wrapper = tmp_path / "runc-calls", tmp_path / "runc-logged"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec /usr/sbin/runc "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper, calls
 
 
 def _subcommands(calls: Path) -> list[str]:
@@ -508,12 +515,10 @@ def _subcommands(calls: Path) -> list[str]:
 
 def test_stop_and_remove_make_no_needless_runtime_calls(start_ocid, registry, busybox_image,
                                                         tmp_path):
-    wrapper, calls = _runtime_logging_calls(tmp_path)
-    daemon = start_ocid(config_text=f'[ocid.runtime.runtimes.logged]\nruntime_path = "{wrapper}"\n')
-    write_registries(daemon, insecure(registry.host))
-    write_loopback_network(daemon.workdir)
-    cri = Cri(daemon)
-    cri.pull(busybox_image.reference)
+    calls = tmp_path / "runc-calls"
+    wrapper = _runc_wrapper(tmp_path, "logged", f'echo "$*" >> {calls}')
+    cri = _cri_with_runtime(start_ocid, registry, busybox_image, "logged", wrapper)
+    daemon = cri.daemon
     pod_id = cri.run_pod(pod_config(), handler="logged")
     cid = cri.run(pod_id, container_config(busybox_image.reference, SLEEP))
     rootfs = Path(_verbose(cri, cid)["runtimeSpec"]["root"]["path"])
